@@ -1,0 +1,1 @@
+"""Data stages: generate or ingest events, sessionize, build the vocabulary, split, encode."""

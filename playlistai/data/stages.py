@@ -1,0 +1,170 @@
+"""The three data stages (`data`, `preprocess`, `splits`): compute, write atomically, log to MLflow.
+
+Each function expects an active MLflow run (the entry point opens it with `stage_run`) and
+returns the metrics it logged, so callers and tests can check them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from playlistai.data import plots
+from playlistai.data.generate import estimate_ceilings, make_world
+from playlistai.data.ingest import read_events
+from playlistai.data.layout import DataLayout, atomic_dir, write_json, write_parquet
+from playlistai.data.sequences import SequenceDataset, encode_sessions
+from playlistai.data.sessionize import session_lengths, sessionize, validate_events
+from playlistai.data.splits import make_splits, unknown_share
+from playlistai.tracking import file_hash, files_hash
+
+
+def _log_dataset(frame: pd.DataFrame, path: Path, name: str, context: str) -> str:
+    digest = file_hash(path)
+    with warnings.catch_warnings():
+        # mlflow warns that a local path could be two kinds of source, and about int columns
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(frame.head(1000), source=str(path.resolve()), name=name, digest=digest[:32])
+        mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(f"{name}_sha256", digest)
+    return digest
+
+
+def _log_figure(fig, name: str) -> None:
+    mlflow.log_figure(fig, name)
+    plots.close(fig)
+
+
+def event_stats(events: pd.DataFrame) -> dict[str, float]:
+    return {
+        "users": float(events["user_id"].nunique()),
+        "tracks": float(events["track_id"].nunique()),
+        "artists": float(events["artist_id"].nunique()),
+        "events": float(len(events)),
+    }
+
+
+def run_data(
+    data_dir: str | Path,
+    source: str = "synthetic",
+    size: str = "default",
+    seed: int = 42,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    time_unit: str = "auto",
+    vocab_min_freq: int = 5,
+) -> dict[str, float]:
+    layout = DataLayout.of(data_dir)
+    t0 = time.perf_counter()
+    world = None
+    if source == "synthetic":
+        world = make_world(size, seed)
+        events = world.generate()
+    else:
+        events = read_events(source, fmt=fmt, time_unit=time_unit, **(columns or {}))
+    validate_events(events)
+    gen_seconds = time.perf_counter() - t0
+
+    metrics = {**event_stats(events), "stage_seconds_read": gen_seconds}
+    if world is not None:
+        ceilings = estimate_ceilings(world, events, min_freq=vocab_min_freq, seed=seed)
+        metrics.update(ceilings)
+        metrics["world_tracks"] = float(world.n_tracks)
+
+    # write the raw directory as one unit: events and (for synthetic data) the world that made them
+    with atomic_dir(layout.raw_dir) as tmp:
+        write_parquet(events, tmp / layout.events.name)
+        if world is not None:
+            world.save(tmp / layout.world_dir.name)
+        write_json({"source": str(source), "size": size, "seed": seed, "format": fmt, **metrics}, tmp / "data_meta.json")
+    metrics["stage_seconds"] = time.perf_counter() - t0
+
+    mlflow.log_metrics(metrics)
+    _log_dataset(events, layout.events, "events", "raw")
+    counts = events["track_id"].value_counts().to_numpy()
+    _log_figure(plots.dataset_figure(counts, None, f"events: {source} {size if world else ''}"), "plots/popularity.png")
+    mlflow.log_artifact(str(layout.raw_dir / "data_meta.json"))
+    return metrics
+
+
+def run_preprocess(
+    data_dir: str | Path,
+    session_gap_min: float = 45.0,
+    min_session_len: int = 2,
+    collapse_repeats: bool = False,
+    timezone: str = "UTC",
+) -> dict[str, float]:
+    layout = DataLayout.of(data_dir)
+    t0 = time.perf_counter()
+    events = pd.read_parquet(layout.require(layout.events, "data"))
+    sessions, stats = sessionize(events, session_gap_min, min_session_len, collapse_repeats, timezone)
+    if sessions.empty:
+        raise ValueError(f"no session has {min_session_len}+ plays at a {session_gap_min}-minute gap")
+    write_parquet(sessions, layout.sessions)
+    lengths = session_lengths(sessions)
+    metrics = {
+        **event_stats(sessions),
+        **stats.as_metrics(),
+        "session_len_mean": float(lengths.mean()),
+        "session_len_median": float(np.median(lengths)),
+        "session_len_p95": float(np.percentile(lengths, 95)),
+        "stage_seconds": time.perf_counter() - t0,
+    }
+    mlflow.log_metrics(metrics)
+    _log_dataset(sessions, layout.sessions, "sessions", "preprocessed")
+    counts = sessions["track_id"].value_counts().to_numpy()
+    _log_figure(plots.dataset_figure(counts, lengths, "sessions"), "plots/sessions.png")
+    return metrics
+
+
+def run_splits(
+    data_dir: str | Path,
+    strategy: str = "temporal",
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    vocab_min_freq: int = 5,
+    max_seq_len: int = 50,
+) -> dict[str, float]:
+    layout = DataLayout.of(data_dir)
+    t0 = time.perf_counter()
+    sessions = pd.read_parquet(layout.require(layout.sessions, "preprocess"))
+    result = make_splits(sessions, strategy, val_frac, test_frac, vocab_min_freq)
+    vocab = result.vocab
+
+    metrics: dict[str, float] = {"vocab_size": float(len(vocab))}
+    for name, frame in result.frames.items():
+        metrics[f"{name}_sessions"] = float(frame["session_id"].nunique())
+        metrics[f"{name}_events"] = float(len(frame))
+        metrics[f"{name}_targets"] = float(frame["is_target"].sum())
+        if name != "train":
+            metrics[f"{name}_unknown_track_share"] = unknown_share(frame, vocab)
+            metrics[f"{name}_unknown_target_share"] = unknown_share(frame, vocab, targets_only=True)
+    train_windows = SequenceDataset(encode_sessions(result.frames["train"], vocab), max_seq_len)
+    metrics["train_windows"] = float(len(train_windows))
+    metrics["train_pairs"] = float(train_windows.num_targets)
+    metrics["events_truncated_at_cutoffs"] = float(result.meta.get("events_truncated_at_cutoffs", 0))
+
+    with atomic_dir(layout.splits_dir) as tmp:
+        for name, frame in result.frames.items():
+            write_parquet(frame, tmp / layout.split(name).name)
+        write_parquet(vocab.to_frame(), tmp / layout.vocab.name)
+        write_json({**result.meta, **metrics, "max_seq_len": max_seq_len}, tmp / layout.splits_meta.name)
+    metrics["stage_seconds"] = time.perf_counter() - t0
+
+    mlflow.log_metrics(metrics)
+    split_files = [layout.split(n) for n in ("train", "val", "test")] + [layout.vocab]
+    mlflow.set_tag("data_hash", files_hash(split_files))
+    for name, frame in result.frames.items():
+        _log_dataset(frame, layout.split(name), f"{name}_split", name)
+    mlflow.log_artifact(str(layout.vocab), artifact_path="splits")
+    mlflow.log_artifact(str(layout.splits_meta), artifact_path="splits")
+    _log_figure(
+        plots.dataset_figure(vocab.counts, session_lengths(result.frames["train"]), "training split"),
+        "plots/train_split.png",
+    )
+    return metrics

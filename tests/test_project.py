@@ -1,0 +1,25 @@
+"""The project's own files agree with each other."""
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_conda_env_mirrors_pyproject():
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(pip) == sorted(deps)
+    assert "python=3.11" in conda["dependencies"]
+
+
+def test_every_mlproject_entry_point_has_a_module():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    for name, entry in project["entry_points"].items():
+        module = entry["command"].split("python -m ")[1].split()[0]
+        assert (REPO / (module.replace(".", "/") + ".py")).exists(), name
+        for param in entry.get("parameters", {}):
+            assert "{" + param + "}" in entry["command"], f"{name}: param {param} is not passed on"
