@@ -96,8 +96,8 @@ PRESETS: dict[str, WorldConfig] = {
         n_users=3000, sessions_per_user=9, session_len_mean=11,
     ),
     "large": WorldConfig(
-        n_genres=32, artists_per_genre=420, albums_per_artist=(1, 3), tracks_per_album=(6, 12),
-        n_users=40000, sessions_per_user=8, session_len_mean=10,
+        n_genres=32, artists_per_genre=440, albums_per_artist=(1, 3), tracks_per_album=(6, 12),
+        n_users=50000, sessions_per_user=8, session_len_mean=10, artist_zipf=0.8,
     ),
 }
 
@@ -436,11 +436,14 @@ def estimate_ceilings(
             hours.append(s["ts"].iloc[t].hour)
             dows.append(s["ts"].iloc[t].dayofweek)
     keep = np.flatnonzero(np.asarray(targets) > 0)
+    # the oracle is a dense row per case: bound the work and the batch memory by catalog size
+    max_cases = min(max_cases, max(500, int(4e8 // max(len(vocab), 1))))
+    batch_size = max(64, min(2048, int(5e7 // max(len(vocab), 1))))
     if len(keep) > max_cases:
         keep = np.sort(rng.choice(keep, size=max_cases, replace=False))
     results = {"oracle": [], "mostpop": []}
-    for lo in range(0, len(keep), 2048):
-        batch = keep[lo : lo + 2048]
+    for lo in range(0, len(keep), batch_size):
+        batch = keep[lo : lo + batch_size]
         pre = [prefixes[i] for i in batch]
         tgt = np.asarray([targets[i] for i in batch])
         oracle = world.oracle_scores(pre, [hours[i] for i in batch], [dows[i] for i in batch], vocab).astype(np.float64)

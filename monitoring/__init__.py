@@ -1,0 +1,1 @@
+"""Monitoring: the drift job, Prometheus configuration and alert rules, Grafana dashboards."""
