@@ -1,0 +1,400 @@
+"""The `evaluate` stage: a model (optional), the baselines and the oracle on one split, one report.
+
+`run_evaluate` expects an active MLflow run (the entry point opens it with `stage_run`). It logs
+one nested child run per scorer with the same split-prefixed keys (`test_recall_at_20`, ...), so
+the MLflow UI compares model, baselines and oracle side by side; the parent run gets the model's
+keys, the oracle's (`test_oracle_*`), the report (JSON, Markdown) and the figures.
+
+Leakage guard: evaluating on the training split is refused unless `allow_train_split` says so,
+because every number it gives is inflated by memorisation and would be mistaken for quality.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from playlistai.data.layout import SPLITS, DataLayout
+from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases
+from playlistai.data.vocab import Vocabulary
+from playlistai.evaluation import report as R
+from playlistai.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
+from playlistai.evaluation.evaluator import (
+    DESIGN_NDCG_K,
+    DESIGN_RECALL_K,
+    ScorerEvaluation,
+    continuation_cases,
+    evaluate_scorer,
+    per_case_metrics,
+    rank_next_track,
+    shuffle_context,
+)
+from playlistai.evaluation.oracle import load_world, oracle_for_cases
+
+ORACLE = "oracle"
+PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}")
+# metrics whose ratio to the oracle means something (accuracy; not coverage or diversity)
+_RATIO_PREFIXES = ("recall_at_", "ndcg_at_", "mrr_at_", "cont_recall_at_")
+
+
+class LeakageError(ValueError):
+    """Evaluation on the training split was asked for without allowing it."""
+
+
+def check_split(split: str, allow_train_split: bool) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "train" and not allow_train_split:
+        raise LeakageError(
+            "refusing to evaluate on the training split: models and baselines were fitted on it, so its "
+            "numbers measure memorisation; pass allow_train_split=true if that is what you want"
+        )
+
+
+def parse_ks(ks: str | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(ks, str):
+        try:
+            values = [int(float(x)) for x in ks.replace(";", ",").split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"ks: expected comma-separated integers such as '10,20', got {ks!r}") from None
+    else:
+        values = [int(k) for k in ks]
+    if not values or any(k < 1 for k in values):
+        raise ValueError(f"ks: expected positive integers, got {ks!r}")
+    return tuple(sorted(set(values)))
+
+
+def parse_baselines(value: str | bool | Sequence[str]) -> list[str]:
+    """true/false, or a comma-separated list of baseline names."""
+    from playlistai.models.baselines import BASELINES
+
+    if isinstance(value, bool):
+        return list(BASELINES) if value else []
+    if not isinstance(value, str):
+        names = list(value)
+    else:
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "all"):
+            return list(BASELINES)
+        if v in ("false", "0", "no", "none", ""):
+            return []
+        names = [n.strip() for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown {unknown}; expected true, false or some of {', '.join(BASELINES)}")
+    return names
+
+
+# -- the model under evaluation -------------------------------------------------------------------
+
+
+def _checkpoint_dir(root: Path) -> Path:
+    """A downloaded artifact tree may hold the checkpoint at its root or below (a pyfunc model)."""
+    from playlistai.training.checkpoint import MODEL_FILE
+
+    if (root / MODEL_FILE).is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob(MODEL_FILE))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint ({MODEL_FILE}) found under {root}")
+    return found[0]
+
+
+def load_model(model_uri: str, download_dir: Path):
+    """(model, vocab, config) from a checkpoint directory, `runs:/<id>/checkpoint` or `models:/...`."""
+    from playlistai.training.checkpoint import load_checkpoint
+
+    local = Path(model_uri)
+    if "://" not in model_uri and ":/" not in model_uri:
+        if not local.exists():
+            raise FileNotFoundError(f"model_uri {model_uri!r}: no such checkpoint directory")
+        return load_checkpoint(_checkpoint_dir(local))
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ValueError(f"model_uri {model_uri!r} could not be downloaded: {exc.message}") from None
+    return load_checkpoint(_checkpoint_dir(Path(path)))
+
+
+def model_row_name(model_config: Mapping, taken: set[str]) -> str:
+    """`sasrec`, `gru4rec`, `sasrec_noctx` (trained without context); `_2`, `_3` when repeated."""
+    name = str(model_config.get("family", "model"))
+    if model_config.get("use_context") is False:
+        name += "_noctx"
+    base, n = name, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    return name
+
+
+def check_same_vocabulary(model_vocab: Vocabulary, data_vocab: Vocabulary) -> None:
+    if model_vocab.track_ids != data_vocab.track_ids:
+        raise ValueError(
+            f"the model's vocabulary ({len(model_vocab)} tracks) differs from data_dir's ({len(data_vocab)}): "
+            "evaluate a model on the splits it was trained with"
+        )
+
+
+# -- metrics of one scorer ------------------------------------------------------------------------
+
+
+def with_oracle_ratios(metrics: Mapping[str, float], oracle: Mapping[str, float]) -> dict[str, float]:
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if key.startswith(_RATIO_PREFIXES) and key in oracle:
+            denom = oracle[key]
+            out[f"{key}_oracle_ratio"] = float(value / denom) if denom and np.isfinite(denom) else float("nan")
+    return out
+
+
+def context_ablation(
+    scorer, cases, evaluation: ScorerEvaluation, ks, n_resamples: int, seed: int, batch_size: int
+) -> dict[str, dict]:
+    """The scorer with each case's (hour, dow) replaced by another case's: lift = true - shuffled."""
+    setting = evaluation.primary_exclude_seen
+    shuffled = rank_next_track(
+        scorer, shuffle_context(cases, seed), exclude_seen_settings=(setting,), batch_size=batch_size
+    )[setting]
+    shuffled_per_case = per_case_metrics(shuffled.ranks, ks)
+    out = {}
+    for metric in PRIMARY:
+        true_values = evaluation.per_case[setting][metric]
+        cmp = paired_bootstrap(true_values, shuffled_per_case[metric], cases.session_index, n_resamples, seed=seed)
+        out[metric] = {
+            "true": float(true_values.mean()),
+            "shuffled": float(shuffled_per_case[metric].mean()),
+            "lift": cmp.mean_diff,
+            "low": cmp.low,
+            "high": cmp.high,
+            "p_value": cmp.p_value,
+        }
+    return out
+
+
+def row_metric_keys(row: dict, split: str) -> dict[str, float]:
+    """Every MLflow metric of one scorer's child run, split-prefixed."""
+    keys = {f"{split}_{k}": v for k, v in row["metrics"].items()}
+    for metric, ci in row.get("ci", {}).items():
+        keys[f"{split}_{metric}_ci_low"] = ci["low"]
+        keys[f"{split}_{metric}_ci_high"] = ci["high"]
+    for metric, c in row.get("context", {}).items():
+        keys[f"{split}_context_lift_{metric}"] = c["lift"]
+        keys[f"{split}_context_shuffled_{metric}"] = c["shuffled"]
+        keys[f"{split}_context_lift_{metric}_p_value"] = c["p_value"]
+    for key, value in row.get("oracle", {}).items():
+        keys[f"{split}_oracle_{key}"] = value
+    keys[f"{split}_eval_seconds"] = row["seconds"]
+    return {k: float(v) for k, v in keys.items() if v is not None}
+
+
+# -- the stage ------------------------------------------------------------------------------------
+
+
+def run_evaluate(
+    data_dir: str | Path,
+    model_uri: str = "",
+    split: str = "test",
+    ks: str | Sequence[int] = (10, 20),
+    exclude_seen: bool = True,
+    baselines: str | bool | Sequence[str] = True,
+    allow_train_split: bool = False,
+    max_seq_len: int | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    batch_size: int = 512,
+    oracle: bool = True,
+    extra_scorers: Mapping[str, object] | None = None,
+    log_to_mlflow: bool = True,
+) -> dict:
+    """Evaluate and return the report dict (also logged when `log_to_mlflow`).
+
+    `model_uri` names one checkpoint, or several separated by commas (SASRec, GRU4Rec, a
+    context-free variant: compared pairwise in one report); `extra_scorers` adds in-memory scorers
+    as model rows (tests, notebooks). Either may be empty: baselines and the oracle alone are a
+    valid report. With exactly one model, the parent run carries its keys.
+    """
+    check_split(split, allow_train_split)
+    ks = parse_ks(ks)
+    baseline_names = parse_baselines(baselines)
+    if n_resamples < 10:
+        raise ValueError("n_resamples must be >= 10")
+    t_start = time.perf_counter()
+    layout = DataLayout.of(data_dir)
+    vocab = load_vocab(data_dir)
+
+    models: dict[str, object] = {}
+    model_meta: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="playlistai-eval-") as tmp:
+        for i, uri in enumerate(u.strip() for u in model_uri.split(",") if u.strip()):
+            model, model_vocab, config = load_model(uri, Path(tmp) / str(i))
+            check_same_vocabulary(model_vocab, vocab)
+            name = model_row_name(config.get("model_config", {}), taken=set(models))
+            models[name] = model
+            model_meta[name] = {"model_uri": uri, "max_seq_len": config["model_config"].get("max_seq_len")}
+    for name, scorer in (extra_scorers or {}).items():
+        if name in models or name in baseline_names or name == ORACLE:
+            raise ValueError(f"scorer name {name!r} is taken")
+        models[name] = scorer
+
+    if max_seq_len is None:
+        lengths = [m["max_seq_len"] for m in model_meta.values() if m.get("max_seq_len")]
+        meta = json.loads(layout.splits_meta.read_text()) if layout.splits_meta.exists() else {}
+        max_seq_len = int(lengths[0] if lengths else meta.get("max_seq_len", 50))
+
+    frame = load_split(data_dir, split)
+    sessions = encode_sessions(frame, vocab)
+    cases = next_track_cases(sessions, max_seq_len)
+    continuation = continuation_cases(sessions, max_seq_len)
+    if len(cases) == 0:
+        raise ValueError(f"split {split!r} has no next-track case with a known history and target")
+
+    scorers: list[tuple[str, str, object, object]] = [(n, "model", s, None) for n, s in models.items()]
+    if baseline_names:
+        from playlistai.models.baselines import fit_baselines
+
+        train = encode_sessions(load_split(data_dir, "train"), vocab)
+        for name, scorer in fit_baselines(train, vocab.size, baseline_names).items():
+            scorers.append((name, "baseline", scorer, None))
+    world = load_world(data_dir) if oracle else None
+    if world is not None:
+        next_oracle = oracle_for_cases(world, frame, sessions, cases, vocab)
+        cont_oracle = oracle_for_cases(world, frame, sessions, continuation, vocab)
+        scorers.append((ORACLE, "oracle", next_oracle, cont_oracle))
+    if not scorers:
+        raise ValueError("nothing to evaluate: give model_uri or enable baselines")
+
+    evaluations: dict[str, ScorerEvaluation] = {}
+    rows: list[dict] = []
+    for name, kind, scorer, cont_scorer in scorers:
+        t0 = time.perf_counter()
+        ev = evaluate_scorer(
+            name, scorer, cases, vocab, continuation, ks=ks, exclude_seen=exclude_seen,
+            batch_size=batch_size, continuation_scorer=cont_scorer,
+        )
+        seconds = time.perf_counter() - t0
+        evaluations[name] = ev
+        setting = ev.primary_exclude_seen
+        row = {
+            "name": name,
+            "kind": kind,
+            "metrics": dict(ev.metrics),
+            "ci": {
+                m: bootstrap_ci(ev.per_case[setting][m], cases.session_index, n_resamples, seed=seed).as_dict()
+                for m in PRIMARY
+            },
+            "seconds": seconds,
+            "cases_per_second": len(cases) / seconds if seconds > 0 else float("nan"),
+        }
+        if kind == "model" or name == "mostpop_hour":
+            row["context"] = context_ablation(scorer, cases, ev, ks, n_resamples, seed, batch_size)
+        rows.append(row)
+
+    if ORACLE in evaluations:
+        oracle_metrics = evaluations[ORACLE].metrics
+        oracle_keys = {k: v for k, v in oracle_metrics.items() if k.startswith(_RATIO_PREFIXES)}
+        for row in rows:
+            row["oracle"] = oracle_keys
+            if row["kind"] != "oracle":
+                row["metrics"] = with_oracle_ratios(row["metrics"], oracle_metrics)
+
+    comparisons = []
+    for model_name in models:
+        a = evaluations[model_name]
+        for row in rows:
+            if row["kind"] != "baseline" and not (row["kind"] == "model" and row["name"] != model_name):
+                continue
+            b = evaluations[row["name"]]
+            for metric in PRIMARY:
+                cmp = paired_bootstrap(
+                    a.per_case[exclude_seen][metric], b.per_case[exclude_seen][metric], cases.session_index,
+                    n_resamples, seed=seed,
+                )
+                comparisons.append({"a": model_name, "b": row["name"], "metric": metric, **cmp.as_dict()})
+
+    for row in rows:
+        if row["kind"] == "model":
+            row["goals"] = R.goal_checks(row)
+            beaten = [c for c in comparisons if c["a"] == row["name"]]
+            row["beats_every_baseline"] = {
+                m: all(c["significant"] and c["mean_diff"] > 0 for c in beaten if c["metric"] == m) if beaten else None
+                for m in PRIMARY
+            }
+
+    first = next(iter(evaluations.values()))
+    report = {
+        "split": split,
+        "exclude_seen": exclude_seen,
+        "other_setting_suffix": R.other_suffix(exclude_seen),
+        "ks": list(ks),
+        "max_seq_len": max_seq_len,
+        "num_cases": len(cases),
+        "num_sessions": int(first.metrics["num_sessions"]),
+        "num_continuation_cases": len(continuation),
+        "catalog_size": len(vocab),
+        "repeat_target_share": first.metrics["repeat_target_share"],
+        "unknown_event_share": sessions.unknown_share,
+        "n_resamples": n_resamples,
+        "models": model_meta,
+        "rows": rows,
+        "comparisons": comparisons,
+        "seconds": time.perf_counter() - t_start,
+    }
+    if log_to_mlflow:
+        figures = R.build_figures(
+            list(evaluations.values()), cases.history_lengths, cases.targets, vocab.popularity_percentile()
+        )
+        log_report(report, evaluations, figures, cases, sessions.session_ids)
+    return report
+
+
+def log_report(report: dict, evaluations, figures, cases, session_ids: np.ndarray) -> None:
+    """Child run per scorer, then the parent's summary keys and artifacts."""
+    split = report["split"]
+    common_params = {
+        "split": split, "exclude_seen": report["exclude_seen"], "ks": ",".join(map(str, report["ks"])),
+        "max_seq_len": report["max_seq_len"], "n_resamples": report["n_resamples"],
+    }
+    for row in report["rows"]:
+        with mlflow.start_run(run_name=f"{split}:{row['name']}", nested=True):
+            mlflow.set_tags({"stage": "evaluate", "scorer": row["name"], "scorer_kind": row["kind"]})
+            mlflow.log_params({**common_params, "scorer": row["name"]})
+            mlflow.log_metrics(row_metric_keys(row, split))
+            ev = evaluations[row["name"]]
+            with tempfile.TemporaryDirectory() as tmp:
+                # per-case values and their sessions: what a later paired comparison needs
+                path = Path(tmp) / "per_case.npz"
+                np.savez_compressed(
+                    path,
+                    session_id=session_ids[cases.session_index],
+                    position=cases.positions,
+                    **{f"{m}{R.setting_suffix(s, ev.primary_exclude_seen)}": ev.per_case[s][m]
+                       for s in ev.per_case for m in PRIMARY},
+                )
+                mlflow.log_artifact(str(path), artifact_path="evaluation")
+    parent_keys: dict[str, float] = {
+        f"{split}_num_cases": report["num_cases"],
+        f"{split}_repeat_target_share": report["repeat_target_share"],
+        f"{split}_eval_seconds": report["seconds"],
+    }
+    model_rows = [r for r in report["rows"] if r["kind"] == "model"]
+    if len(model_rows) == 1:
+        # the parent run of a model evaluation carries that model's keys, for the promotion gate
+        parent_keys.update(row_metric_keys(model_rows[0], split))
+    oracle_rows = [r for r in report["rows"] if r["kind"] == "oracle"]
+    if oracle_rows:
+        parent_keys.update({f"{split}_oracle_{k}": v for k, v in oracle_rows[0]["metrics"].items()
+                            if k.startswith(_RATIO_PREFIXES)})
+    for c in report["comparisons"]:
+        parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}"] = c["mean_diff"]
+        parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}_p_value"] = c["p_value"]
+    mlflow.log_metrics({k: float(v) for k, v in parent_keys.items() if v is not None})
+    mlflow.log_text(R.report_to_json(report), "evaluation/report.json")
+    mlflow.log_text(R.markdown_table(report), "evaluation/report.md")
+    for path, fig in figures.items():
+        mlflow.log_figure(fig, f"evaluation/{path}")
