@@ -1,8 +1,10 @@
 """Drift between the traffic a model sees and the data it was trained on.
 
-Features (one row per request, the same definitions over training next-track cases):
+Features (one row per request, the same definitions over training next-track cases; the packaged
+training reference has no top_score, since a score needs the model, so against it only the other
+five are tested):
 
-    history_len      known tracks in the history            continuous  -> Kolmogorov-Smirnov
+    history_len      tracks in the history, as sent         continuous  -> Kolmogorov-Smirnov
     unknown_share    share of history tracks not in vocab   continuous  -> Kolmogorov-Smirnov
     mean_pop_pct     mean popularity percentile of history  continuous  -> Kolmogorov-Smirnov
     top_score        the best slate score                   continuous  -> Kolmogorov-Smirnov
@@ -28,6 +30,8 @@ import pandas as pd
 CONTINUOUS = ("history_len", "unknown_share", "mean_pop_pct", "top_score")
 CATEGORICAL = {"hour": 24, "dow": 7}
 FEATURES = (*CONTINUOUS, *CATEGORICAL)
+# the model package's drift reference (playlistai.inference.features) spells two features out
+PACKAGE_FEATURE_NAMES = {"history_length": "history_len", "mean_popularity_percentile": "mean_pop_pct"}
 PSI_ALERT = 0.25
 EPS = 1e-4
 
