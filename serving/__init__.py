@@ -1,0 +1,1 @@
+"""The PlayListAI HTTP service: `uvicorn serving.main:app` (see README, "Serving")."""

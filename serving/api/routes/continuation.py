@@ -1,0 +1,87 @@
+"""POST /continue: the next k tracks of a playlist."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from serving import traffic
+from serving.api.deps import ServiceDep
+from serving.cache import continue_cache_key
+from serving.continuation import mark_cached, render_continue_body, resolve_context
+from serving.errors import error_response
+from serving.metrics import (
+    ANN_MS,
+    CACHE_HITS_TOTAL,
+    CACHE_MISSES_TOTAL,
+    CACHE_WINDOW,
+    FALLBACK_TOTAL,
+    MODEL_FORWARD_MS,
+    UNKNOWN_TRACKS_TOTAL,
+)
+from serving.schemas import ContinueRequest, ContinueResponse, ErrorResponse
+
+router = APIRouter(tags=["recommendations"])
+
+JSON = "application/json"
+
+
+@router.post(
+    "/continue",
+    response_model=ContinueResponse,
+    responses={
+        400: {"model": ErrorResponse, "description": "the body is not JSON"},
+        413: {"model": ErrorResponse, "description": "the body is over the size limit"},
+        422: {"model": ErrorResponse, "description": "a field is invalid; `detail` names it"},
+        503: {"model": ErrorResponse, "description": "no model is loaded yet"},
+    },
+)
+async def continue_playlist(request: ContinueRequest, service: ServiceDep) -> Response:
+    settings, store, cache = service.settings, service.models, service.cache
+    served = store.current          # read once: a reload swapping models mid-request cannot mix them
+    if served is None:
+        return error_response(503, f"no model is loaded: {store.reason_unavailable}")
+    if request.k > settings.CAND_TOPK:
+        raise RequestValidationError([{
+            "type": "less_than_equal", "loc": ("body", "k"),
+            "msg": f"Input should be less than or equal to {settings.CAND_TOPK} (CAND_TOPK)",
+        }])
+
+    hour, dow = resolve_context(request.context, settings.TIMEZONE)
+    use_ann = settings.USE_FAISS if request.use_ann is None else request.use_ann
+    key = continue_cache_key(served.cache_namespace, request.tracks, request.k, hour, dow, use_ann,
+                             request.exclude_seen, request.max_per_artist)
+    backend = cache.backend
+    body = cache.get(key)
+    CACHE_WINDOW.observe(body is not None)
+    if body is not None:
+        CACHE_HITS_TOTAL.labels(backend).inc()
+        traffic.record_request(served.recommender, request.tracks, hour, dow, top_score=None)
+        return Response(mark_cached(body), media_type=JSON)
+    CACHE_MISSES_TOTAL.labels(backend).inc()
+
+    # CPU-bound for a few ms: scored on the event loop, where a thread hand-off would cost more
+    # than it frees (the GIL); several workers (WEB_CONCURRENCY) scale it across cores.
+    started = time.perf_counter()
+    recommendation = served.recommender.recommend(
+        request.tracks, request.k, hour, dow,
+        use_ann=use_ann, exclude_seen=request.exclude_seen,
+        max_per_artist=request.max_per_artist, cand_topk=settings.CAND_TOPK,
+    )
+    forward_ms = (time.perf_counter() - started) * 1000.0
+    MODEL_FORWARD_MS.labels("ann" if use_ann else "exact").observe(forward_ms)
+    if use_ann and not recommendation.fallback:
+        ANN_MS.observe(forward_ms)
+    traffic.record_request(served.recommender, request.tracks, hour, dow,
+                           top_score=recommendation.items[0][1] if recommendation.items else None)
+    if recommendation.unknown_tracks:
+        UNKNOWN_TRACKS_TOTAL.inc(len(recommendation.unknown_tracks))
+    if recommendation.fallback:
+        FALLBACK_TOTAL.inc()
+
+    body = render_continue_body(recommendation, served.version)
+    cache.set(key, body)
+    return Response(body, media_type=JSON)

@@ -1,0 +1,205 @@
+"""The response cache: Redis first, an in-process TTL cache whenever Redis is down or slow.
+
+Redis calls run with a socket timeout of a few ms (REDIS_TIMEOUT_MS) and no retries, so a dead or
+stalled Redis costs a request at most that long, once: the first failure marks the cache
+disconnected, every later request goes to the in-process cache at once, and a background task pings
+Redis with exponential back-off until it answers again.
+
+Keys cover everything the response depends on (model version, the whole input history, context,
+k and flags), so a new model never serves a slate cached for the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from serving.metrics import CACHE_CONNECTED, CACHE_ERRORS_TOTAL
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "playlistai:continue:v1:"
+RECONNECT_FIRST_DELAY_S = 0.1
+RECONNECT_MAX_DELAY_S = 5.0
+
+
+def continue_cache_key(
+    model_namespace: str,
+    tracks: list[str],
+    k: int,
+    hour: int,
+    dow: int,
+    use_ann: bool,
+    exclude_seen: bool,
+    max_per_artist: int | None,
+) -> str:
+    """A short key over everything a /continue response depends on."""
+    canonical = json.dumps(
+        [model_namespace, tracks, k, hour, dow, use_ann, exclude_seen, max_per_artist],
+        separators=(",", ":"), ensure_ascii=False,
+    )
+    digest = hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return KEY_PREFIX + digest
+
+
+class InProcessTTLCache:
+    """A bounded LRU map whose entries expire after `ttl_s`. Used from the event loop thread only."""
+
+    def __init__(self, ttl_s: float, max_items: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_items = max_items
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires_at, value = entry
+        if expires_at < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def set(self, key: str, value: bytes) -> None:
+        self._entries[key] = (time.monotonic() + self.ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_items:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        redis_url: str | None,
+        ttl_s: float,
+        timeout_ms: float,
+        local_max_items: int,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.local = InProcessTTLCache(ttl_s, local_max_items)
+        self.redis_url = redis_url
+        self.connected = False
+        self._reconnect_task: asyncio.Task | None = None
+        self._closed = False
+        self._redis: redis.Redis | None = None
+        if redis_url:
+            timeout_s = timeout_ms / 1000.0
+            self._redis = redis.Redis.from_url(
+                redis_url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        CACHE_CONNECTED.set(0)
+
+    @property
+    def redis_configured(self) -> bool:
+        return self._redis is not None
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.connected else "local"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect if Redis answers; otherwise serve from the in-process cache and keep trying."""
+        if self._redis is None:
+            log.info("REDIS_URL is empty: responses are cached in-process only")
+            return
+        if await asyncio.to_thread(self._ping):
+            self._mark_connected()
+        else:
+            log.warning("Redis at %s does not answer: caching in-process until it does", self._safe_url())
+            self._schedule_reconnect()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            try:
+                await self._reconnect_task
+            except asyncio.CancelledError:
+                pass
+        if self._redis is not None:
+            self._redis.close()
+
+    # -- the request path ------------------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        if self.connected:
+            try:
+                return self._redis.get(key)
+            except redis.RedisError as exc:
+                self._on_redis_failure("get", exc)
+        return self.local.get(key)
+
+    def set(self, key: str, value: bytes) -> None:
+        if self.connected:
+            try:
+                self._redis.set(key, value, ex=max(1, int(self.ttl_s)))
+                return
+            except redis.RedisError as exc:
+                self._on_redis_failure("set", exc)
+        self.local.set(key, value)
+
+    # -- failure and recovery --------------------------------------------------------------------
+    def _on_redis_failure(self, operation: str, exc: Exception) -> None:
+        CACHE_ERRORS_TOTAL.labels(operation=operation).inc()
+        if self.connected:
+            log.warning("Redis %s failed (%s: %s): caching in-process until Redis answers again",
+                        operation, type(exc).__name__, exc)
+        self.connected = False
+        CACHE_CONNECTED.set(0)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._closed or (self._reconnect_task is not None and not self._reconnect_task.done()):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # called outside the event loop: the next request on it schedules it
+            return
+        self._reconnect_task = loop.create_task(self._reconnect_until_connected())
+
+    async def _reconnect_until_connected(self) -> None:
+        delay = RECONNECT_FIRST_DELAY_S
+        while not self._closed:
+            await asyncio.sleep(delay)
+            if await asyncio.to_thread(self._ping):
+                self._mark_connected()
+                log.info("Redis at %s answers again: caching in Redis", self._safe_url())
+                return
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def _mark_connected(self) -> None:
+        self.connected = True
+        CACHE_CONNECTED.set(1)
+
+    def _safe_url(self) -> str:
+        """The URL without a password, for logs."""
+        url = self.redis_url or ""
+        if "@" in url:
+            scheme, _, rest = url.partition("://")
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return url

@@ -1,0 +1,91 @@
+"""Every error leaves the API as JSON with a `detail` that says what is wrong.
+
+Bad input is a 4xx: 422 names the offending field (`tracks`, `context.hour`, ...), a body that is
+not JSON is 400, an oversized body 413. An exception nobody expected is logged with its traceback,
+counted in `errors_total{kind="internal"}`, and answered with a JSON 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.metrics import ERRORS_TOTAL
+
+log = logging.getLogger(__name__)
+
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+def error_response(status_code: int, detail: str, errors: list[dict] | None = None, headers=None) -> JSONResponse:
+    body: dict = {"detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _field_name(loc) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def describe_validation_errors(errors) -> tuple[int, str, list[dict]]:
+    """-> (status, one-line message, [{field, message}]) without echoing the (maybe huge) input."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        e = next(e for e in errors if e.get("type") == "json_invalid")
+        reason = (e.get("ctx") or {}).get("error", "JSON decode error")
+        position = e["loc"][-1] if len(e.get("loc", ())) > 1 else "?"
+        message = f"malformed JSON body: {reason} at position {position}"
+        return 400, message, [{"field": "body", "message": message}]
+    described = []
+    for e in errors:
+        field = _field_name(e.get("loc", ()))
+        if e.get("type") == "missing" and field == "body":
+            message = "a JSON object body is required"
+        elif e.get("type") in ("model_attributes_type", "dict_type") and field == "body":
+            message = "the body must be a JSON object (send it with Content-Type: application/json)"
+        else:
+            message = e.get("msg", "invalid value")
+        described.append({"field": field, "message": message})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in described[:5])
+    if len(described) > 5:
+        summary += f"; and {len(described) - 5} more"
+    return 422, summary, described
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    status, message, described = describe_validation_errors(exc.errors())
+    ERRORS_TOTAL.labels(route=_route_of(request), kind="bad_json" if status == 400 else "validation").inc()
+    return error_response(status, message, described)
+
+
+async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = exc.detail
+    if exc.status_code == 400 and detail == FASTAPI_BODY_PARSE_ERROR:
+        detail = "malformed JSON body: it could not be parsed (nested too deeply?)"
+    if exc.status_code >= 400 and exc.status_code != 404:
+        ERRORS_TOTAL.labels(route=_route_of(request), kind=f"http_{exc.status_code}").inc()
+    return error_response(exc.status_code, str(detail), headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    ERRORS_TOTAL.labels(route=_route_of(request), kind="internal").inc()
+    return error_response(500, "internal error: the request could not be answered; it has been logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, http_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
