@@ -1,0 +1,101 @@
+"""Entry point `train`: split files -> a trained SASRec or GRU4Rec, tracked in MLflow.
+
+    python -m entrypoints.train --model sasrec --data-dir data [--trainer local] ...
+
+Params arrive as strings (MLproject passes "3.0" for a float param) and are logged exactly as
+received; bad values fail before any training with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from entrypoints.common import as_bool, as_int, cli_errors
+from playlistai.config import get_settings
+from playlistai.training.stage import TrainParams, run_train_stage
+
+app = typer.Typer(add_completion=False)
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+
+
+@app.command()
+def main(
+    model: str = typer.Option(None, help="sasrec | gru4rec (transformer = sasrec); defaults to MODEL_NAME"),
+    d_model: str = typer.Option(None, help="defaults to MODEL_D"),
+    n_layers: str = typer.Option("2"),
+    n_heads: str = typer.Option("2", help="SASRec attention heads; must divide d_model"),
+    dropout: str = typer.Option("0.2"),
+    max_seq_len: str = typer.Option(None, help="defaults to MAX_SEQ_LEN"),
+    epochs: str = typer.Option("10"),
+    batch_size: str = typer.Option("256", help="global batch, split across Ray workers"),
+    lr: str = typer.Option("0.001"),
+    weight_decay: str = typer.Option("0.01"),
+    loss: str = typer.Option("ce", help="ce (full softmax) | sampled (sampled softmax with log-Q correction)"),
+    num_negatives: str = typer.Option("512", help="negatives per batch for loss=sampled"),
+    label_smoothing: str = typer.Option(None, help="defaults to LOSS_LABEL_SMOOTH"),
+    use_context: str = typer.Option("true", help="mix the hour and weekday of the next play in"),
+    num_workers: str = typer.Option("2", help="Ray Train workers"),
+    trainer: str = typer.Option("ray", help="ray | local (in-process, no Ray)"),
+    seed: str = typer.Option("42"),
+    patience: str = typer.Option("2", help="epochs without val_ndcg_at_10 gain before stopping; 0 = never"),
+    data_dir: str = typer.Option(None, help="defaults to DATA_DIR"),
+    resume_from: str = typer.Option("", help="state directory, run storage directory or MLflow run id"),
+    val_max_cases: str = typer.Option("5000", help="per-epoch validation subset size; 0 = all"),
+    storage_path: str = typer.Option("outputs/train", help="where epoch states and Ray checkpoints go"),
+    progress: str = typer.Option("true", help="progress bar per epoch"),
+) -> None:
+    raw = dict(
+        model=model, d_model=d_model, n_layers=n_layers, n_heads=n_heads, dropout=dropout,
+        max_seq_len=max_seq_len, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        loss=loss, num_negatives=num_negatives, label_smoothing=label_smoothing, use_context=use_context,
+        num_workers=num_workers, trainer=trainer, seed=seed, patience=patience, data_dir=data_dir,
+        resume_from=resume_from, val_max_cases=val_max_cases, storage_path=storage_path,
+    )
+    with cli_errors("train"):
+        settings = get_settings()
+        opt = lambda v, conv: None if v is None else conv(v)  # noqa: E731
+        params = TrainParams.from_settings(
+            settings,
+            model=model,
+            d_model=opt(d_model, lambda v: as_int(v, "d_model")),
+            n_layers=as_int(n_layers, "n_layers"),
+            n_heads=as_int(n_heads, "n_heads"),
+            dropout=_float(dropout, "dropout"),
+            max_seq_len=opt(max_seq_len, lambda v: as_int(v, "max_seq_len")),
+            epochs=as_int(epochs, "epochs"),
+            batch_size=as_int(batch_size, "batch_size"),
+            lr=_float(lr, "lr"),
+            weight_decay=_float(weight_decay, "weight_decay"),
+            loss=loss,
+            num_negatives=as_int(num_negatives, "num_negatives"),
+            label_smoothing=opt(label_smoothing, lambda v: _float(v, "label_smoothing")),
+            use_context=as_bool(use_context, "use_context"),
+            num_workers=as_int(num_workers, "num_workers"),
+            trainer=trainer,
+            seed=as_int(seed, "seed"),
+            patience=as_int(patience, "patience"),
+            data_dir=data_dir,
+            resume_from=resume_from or "",
+            val_max_cases=as_int(val_max_cases, "val_max_cases"),
+            storage_path=storage_path,
+            progress=as_bool(progress, "progress"),
+        )
+        params.validate()
+        outcome = run_train_stage(params, log_params={k: v for k, v in raw.items() if v is not None}, settings=settings)
+        best = outcome.summary.get("best_metrics", {})
+        typer.echo(
+            f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "
+            f"val_ndcg_at_10={best.get('val_ndcg_at_10', float('nan')):.4f} "
+            f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
+            f"in {outcome.wall_seconds:.0f}s; run {outcome.run_id}, checkpoint runs:/{outcome.run_id}/checkpoint"
+        )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,426 @@
+"""The training loop, shared by `trainer=local` and every Ray Train worker.
+
+One epoch = every training window once (each worker its own shard), with every position of each
+window a next-track target. After each epoch the loop validates on the validation split with the
+evaluator (full catalog, tracks of the input excluded), keeps the best weights by val_ndcg_at_10,
+and stops after `patience` epochs without improvement.
+
+Distributed: with world_size > 1 the model runs under DistributedDataParallel. `batch_size` is
+the global batch (each of N workers takes batch_size / N), so 1 and 2 workers take the same
+number of optimizer steps with the same effective batch, and their metrics are comparable.
+Validation cases are sharded too and the per-case means are combined exactly, so every worker
+sees the same metric and takes the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from playlistai.data.sequences import EncodedSessions, NextTrackCases, SequenceDataset
+from playlistai.evaluation.evaluator import evaluate_next_track
+from playlistai.models import SequenceRecommender
+from playlistai.models.base import trim_left_padding
+from playlistai.training.losses import LOSSES, make_loss
+
+EARLY_STOP_METRIC = "val_ndcg_at_10"
+VAL_KS = (10, 20)
+STATE_FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256            # global batch, split across workers
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100          # linear warm-up (at most one epoch), then constant: resuming never shifts it
+    grad_clip: float = 1.0
+    loss: str = "ce"                 # 'ce' (full softmax) | 'sampled' (sampled softmax, log-Q corrected)
+    num_negatives: int = 512         # sampled softmax only
+    label_smoothing: float = 0.1     # full softmax only
+    patience: int = 3                # epochs without val_ndcg_at_10 improvement before stopping; 0 = never stop early
+    seed: int = 42
+    val_max_cases: int = 5000        # per-epoch validation on a fixed random subset; 0 = all cases
+    eval_batch_size: int = 512
+    progress: bool = True            # tqdm bar per epoch (rank 0 only)
+
+    def validate(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not self.grad_clip > 0:
+            problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.num_negatives < 1:
+            problems.append(f"num_negatives must be >= 1, got {self.num_negatives}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.patience < 0:
+            problems.append(f"patience must be >= 0, got {self.patience}")
+        if self.val_max_cases < 0:
+            problems.append(f"val_max_cases must be >= 0, got {self.val_max_cases}")
+        if self.eval_batch_size < 1:
+            problems.append(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainWindows:
+    """All training windows as [N, L] tensors: indexing a batch beats a DataLoader's per-row Python."""
+
+    input_ids: torch.Tensor
+    target_ids: torch.Tensor
+    hours: torch.Tensor
+    dows: torch.Tensor
+    lengths: np.ndarray              # real (non-PAD) steps per window, for length bucketing
+
+    @classmethod
+    def from_sessions(cls, sessions: EncodedSessions, max_seq_len: int) -> TrainWindows:
+        ds = SequenceDataset(sessions, max_seq_len)
+        if len(ds) == 0:
+            raise ValueError("no training windows: every training session has fewer than 2 known tracks")
+        rows = [ds[i] for i in range(len(ds))]
+        stack = lambda key: torch.stack([r[key] for r in rows])  # noqa: E731
+        input_ids = stack("input_ids")
+        return cls(
+            input_ids=input_ids,
+            target_ids=stack("target_ids"),
+            hours=stack("hours"),
+            dows=stack("dows"),
+            lengths=(input_ids != 0).sum(dim=1).numpy(),
+        )
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.target_ids != 0).sum())
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+    bucket_batches: int = 50,
+) -> list[np.ndarray]:
+    """This rank's batches of window indices for one epoch.
+
+    A seeded shuffle, cut into equal shards (wrapping around, so every rank takes the same number
+    of steps: DDP all-reduces at each one). Within chunks of `bucket_batches` batches, windows are
+    sorted by length so a batch trims little padding; batch order is shuffled again afterwards.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(lengths)
+    local_bs = math.ceil(batch_size / world_size)
+    per_rank = math.ceil(n / world_size)
+    perm = np.resize(rng.permutation(n), per_rank * world_size)
+    shard = perm[rank::world_size]
+    batches = []
+    chunk = local_bs * bucket_batches
+    for start in range(0, len(shard), chunk):
+        part = shard[start : start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i : i + local_bs] for i in range(0, len(part), local_bs))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def validation_subset(cases: NextTrackCases, max_cases: int, seed: int) -> NextTrackCases:
+    """A fixed random subset (the same every epoch), ordered by history length so that batches of
+    short histories trim their padding. Metrics are means over cases: order does not matter."""
+    if max_cases and len(cases) > max_cases:
+        keep = np.zeros(len(cases), dtype=bool)
+        keep[np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)] = True
+        cases = cases.subset(keep)
+    order = np.argsort(np.minimum(cases.history_lengths, cases.histories.shape[1]), kind="stable")
+    return cases.subset(order)
+
+
+# -- distributed helpers ---------------------------------------------------------------------------
+
+
+def _distributed(world_size: int) -> bool:
+    return world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+    if not _distributed(world_size):
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def validate(
+    model: SequenceRecommender, cases: NextTrackCases, config: TrainConfig, rank: int = 0, world_size: int = 1
+) -> dict[str, float]:
+    """val_* metrics over `cases`, each rank scoring its share; means are combined exactly."""
+    shard = cases.subset(np.arange(len(cases)) % world_size == rank)
+    keys = [f"{m}_at_{k}" for m in ("recall", "ndcg", "mrr") for k in VAL_KS]
+    if len(shard):
+        metrics = evaluate_next_track(
+            model, shard, ks=VAL_KS, exclude_seen=True, batch_size=config.eval_batch_size
+        )
+        sums = [metrics[k] * len(shard) for k in keys]
+    else:
+        sums = [0.0] * len(keys)
+    totals = _all_reduce_sum([*sums, float(len(shard))], world_size)
+    n = max(totals[-1], 1.0)
+    return {f"val_{k}": totals[i] / n for i, k in enumerate(keys)}
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+class _LossStep(nn.Module):
+    """Model + loss in one forward, so DDP sees the tied item table used in one forward pass."""
+
+    def __init__(self, model: SequenceRecommender, loss_fn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, input_ids, target_ids, hours, dows):
+        hidden = self.model(input_ids, hours, dows)
+        return self.loss_fn(hidden, self.model.item_embeddings(), target_ids)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # nanoGPT's rule: matrices (embeddings included) decay, biases and LayerNorm gains do not
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def seed_everything(seed: int) -> None:
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """What an epoch-end callback can persist, and what `resume_state` restores."""
+
+    epoch: int = 0                    # completed epochs
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int = 0
+    best_model: dict | None = None    # state_dict of the best epoch
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def snapshot(self, model, optimizer, scheduler, model_config: dict, train_config: dict) -> dict[str, Any]:
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "best_model": self.best_model,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "stopped_early": self.stopped_early,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "model_config": model_config,
+            "train_config": train_config,
+        }
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    best_state: dict
+    stopped_early: bool
+
+    @property
+    def epochs_run(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+
+
+def fit(
+    model: SequenceRecommender,
+    train: TrainWindows,
+    val_cases: NextTrackCases,
+    config: TrainConfig,
+    *,
+    item_counts: np.ndarray | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    on_epoch_end: EpochCallback | None = None,
+    resume_state: dict | None = None,
+    device: torch.device | str = "cpu",
+) -> FitResult:
+    """Train `model` in place; return the history and the best epoch's weights.
+
+    `on_epoch_end(record, snapshot)` runs on every rank after each epoch; `snapshot()` returns the
+    full resumable state (weights, optimizer, schedule, early-stopping state, RNG).
+    `resume_state` is such a snapshot: training continues after its epoch.
+    """
+    config.validate()
+    device = torch.device(device)
+    model.to(device)
+    loss_fn = make_loss(
+        config.loss,
+        label_smoothing=config.label_smoothing,
+        num_negatives=config.num_negatives,
+        item_counts=item_counts,
+        vocab_size=model.config.vocab_size,
+    )
+    step_module: nn.Module = _LossStep(model, loss_fn)
+    if _distributed(world_size):
+        step_module = nn.parallel.DistributedDataParallel(step_module)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    # warm-up never outlasts the first epoch: on small data 100 steps could be several epochs
+    steps_per_epoch = math.ceil(math.ceil(len(train) / world_size) / math.ceil(config.batch_size / world_size))
+    warmup = max(1, min(config.warmup_steps, steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    val_cases = validation_subset(val_cases, config.val_max_cases, config.seed)
+
+    state = TrainState()
+    if resume_state is not None:
+        _check_resumable(resume_state, model)
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        state = TrainState(**{f.name: resume_state[f.name] for f in fields(TrainState)})
+        state.stopped_early = False
+    else:
+        # distinct dropout / sampling streams per rank; the weights are identical (DDP broadcasts)
+        torch.manual_seed(config.seed + rank)
+
+    snapshot = lambda: state.snapshot(model, optimizer, scheduler, model.config.to_dict(), config.to_dict())  # noqa: E731
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        if config.patience and state.bad_epochs >= config.patience:
+            break
+        record = _train_epoch(
+            step_module, model, train, optimizer, scheduler, config, epoch, rank, world_size, device, state
+        )
+        t_val = time.perf_counter()
+        record.update(validate(model, val_cases, config, rank, world_size))
+        record["epoch_seconds"] += time.perf_counter() - t_val
+
+        score = record[EARLY_STOP_METRIC]
+        state.epoch = epoch
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_model = copy.deepcopy(model.state_dict())
+        else:
+            state.bad_epochs += 1
+        state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
+        state.history.append(record)
+        if rank == 0 and config.progress:
+            tqdm.write(
+                f"epoch {epoch}: train_loss {record['train_loss']:.4f}  "
+                f"val_ndcg_at_10 {record['val_ndcg_at_10']:.4f}  val_recall_at_20 {record['val_recall_at_20']:.4f}  "
+                f"{record['train_events_per_second']:.0f} events/s  {record['epoch_seconds']:.1f}s"
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(record, snapshot)
+        if state.stopped_early:
+            break
+
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    return FitResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_metrics=dict(best),
+        best_state=state.best_model if state.best_model is not None else model.state_dict(),
+        stopped_early=state.stopped_early,
+    )
+
+
+def _train_epoch(
+    step_module, model, train: TrainWindows, optimizer, scheduler, config: TrainConfig, epoch: int,
+    rank: int, world_size: int, device, state: TrainState,
+) -> dict[str, float]:
+    model.train()
+    batches = epoch_batches(train.lengths, config.batch_size, epoch, config.seed, rank, world_size)
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+        disable=not (config.progress and rank == 0),
+        # a log file (a Ray worker's, a CI job's) gets a line per refresh: refresh rarely there
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
+    )
+    t0 = time.perf_counter()
+    loss_sum, targets = 0.0, 0
+    for idx in bar:
+        idx_t = torch.from_numpy(idx)
+        input_ids, target_ids, hours, dows = trim_left_padding(
+            train.input_ids[idx_t], train.target_ids[idx_t], train.hours[idx_t], train.dows[idx_t],
+            ids=train.input_ids[idx_t],
+        )
+        input_ids, target_ids, hours, dows = (t.to(device) for t in (input_ids, target_ids, hours, dows))
+        loss = step_module(input_ids, target_ids, hours, dows)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {state.global_step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        n = int((target_ids != 0).sum())
+        loss_sum += loss.detach().item() * n
+        targets += n
+        bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
+    train_seconds = time.perf_counter() - t0
+    loss_sum, targets = _all_reduce_sum([loss_sum, float(targets)], world_size)
+    # events/s of the whole group: all ranks' targets over this rank's time (ranks step in lockstep)
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(targets, 1.0),
+        "lr": scheduler.get_last_lr()[0],
+        "epoch_seconds": train_seconds,
+        "train_seconds": train_seconds,
+        "train_events_per_second": targets / max(train_seconds, 1e-9),
+    }
+
+
+def _check_resumable(resume_state: dict, model: SequenceRecommender) -> None:
+    if resume_state.get("format_version") != STATE_FORMAT_VERSION:
+        raise ValueError(f"training state format {resume_state.get('format_version')} is not supported")
+    saved = resume_state.get("model_config")
+    if saved != model.config.to_dict():
+        diff = {k: (saved.get(k), v) for k, v in model.config.to_dict().items() if saved.get(k) != v}
+        raise ValueError(f"cannot resume: the model config differs from the saved one (saved, now): {diff}")

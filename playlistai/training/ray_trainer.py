@@ -1,0 +1,104 @@
+"""Run the training worker on Ray Train: a TorchTrainer with N workers under DDP.
+
+- Ray: an existing cluster when `RAY_ADDRESS` is set (e.g. the KubeRay head), otherwise a local Ray
+  started here with no dashboard and a small object store (the trainer moves no data through it:
+  each worker reads its own shard of the splits), shut down again afterwards.
+- Backend: gloo on CPU, NCCL when the workers have GPUs (TorchTrainer's default for each).
+- MLflow: Ray Train V2 rejects the MLflowLoggerCallback, and N workers opening N runs would
+  duplicate them; so the driver owns the run and passes its id to the workers, and only rank 0
+  logs, into that run, by id (worker.MlflowEpochLogger).
+- Checkpoints: rank 0 hands each epoch's state directory to `ray.train.report`; Ray copies it to
+  `storage_path/name/epoch_NNN` and keeps the last `KEEP_CHECKPOINTS`. On a multi-node cluster
+  storage_path and data_dir must be shared storage (NFS, or a cloud URI for storage_path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from playlistai.training.worker import train_worker
+
+KEEP_CHECKPOINTS = 2
+OBJECT_STORE_BYTES = 256 * 1024**2
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayRunResult:
+    summary: dict                 # what rank 0's train_worker returned
+    checkpoint_dir: Path | None   # the last epoch's state directory, on local disk
+    storage_dir: str              # storage_path/name
+
+
+def start_ray(address: str | None, num_workers: int) -> bool:
+    """Connect to `address` or start a local Ray; return True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return True
+    ray.init(
+        address="local",            # never attach to a stray local cluster by accident
+        num_cpus=max(num_workers, os.cpu_count() or 1),
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE_BYTES,
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+    )
+    return True
+
+
+def cpus_per_worker(num_workers: int, address: str | None) -> int:
+    """Locally, split the machine's cores between the workers (1 worker gets them all, so 1 vs 2
+    workers compares the same hardware); on a cluster, one CPU each unless told otherwise."""
+    if address:
+        return int(os.environ.get("PLAYLISTAI_CPUS_PER_WORKER", "1"))
+    return max(1, (os.cpu_count() or 1) // num_workers)
+
+
+def run_on_ray(
+    worker_cfg: dict,
+    num_workers: int,
+    storage_path: str,
+    name: str,
+    address: str | None = None,
+    use_gpu: bool = False,
+) -> RayRunResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started = start_ray(address, num_workers)
+    try:
+        cpus = cpus_per_worker(num_workers, address)
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={**worker_cfg, "threads": cpus},
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage_path,
+                checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        result = trainer.fit()
+        checkpoint_dir = None
+        if result.checkpoint is not None:
+            path = Path(result.checkpoint.path)
+            if path.is_dir():
+                checkpoint_dir = path
+            else:  # remote storage: bring the last checkpoint to local disk
+                checkpoint_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="playlistai-ckpt-")))
+        return RayRunResult(summary=result.return_value or {}, checkpoint_dir=checkpoint_dir, storage_dir=result.path)
+    finally:
+        if started:
+            ray.shutdown()

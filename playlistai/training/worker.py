@@ -1,0 +1,236 @@
+"""One training worker: load the splits, build the model, run the loop, persist every epoch.
+
+The same function runs in-process (`trainer=local`) and on every Ray Train worker; it learns which
+from `ray.train.get_context()`. Its argument is a plain dict (it crosses process boundaries):
+
+    model_config, train_config   ModelConfig / TrainConfig as dicts
+    data_dir                     absolute path of the data directory (each worker reads it itself)
+    run_id, tracking_uri         the MLflow run rank 0 logs per-epoch metrics into (absolute URI:
+                                 Ray workers run in another working directory)
+    state_dir                    local trainer: where each epoch's state directory goes
+    resume_from                  a state directory (holding train_state.pt) to continue from, or None
+    threads                      torch threads for this worker
+    extra                        what the best checkpoint's config.json carries besides the model config
+
+An epoch's state directory (a Ray checkpoint, or state_dir/epoch_NNN locally):
+
+    train_state.pt   weights, optimizer, schedule, early-stopping state, history, RNG: resumable
+    meta.json        {"epoch", "best_epoch", "best_metric"}: readable without loading the weights
+    best/            the best epoch so far as a product checkpoint (checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from playlistai.data.layout import atomic_dir
+from playlistai.data.sequences import (
+    NextTrackCases,
+    encode_sessions,
+    load_split,
+    load_vocab,
+    next_track_cases,
+)
+from playlistai.data.vocab import Vocabulary
+from playlistai.models import ModelConfig, build_model
+from playlistai.training.checkpoint import save_checkpoint
+from playlistai.training.loop import TrainConfig, TrainWindows, fit, seed_everything
+
+STATE_FILE = "train_state.pt"
+META_FILE = "meta.json"
+BEST_DIR = "best"
+KEEP_LOCAL_STATES = 2
+
+
+@dataclass
+class TrainingData:
+    vocab: Vocabulary
+    train: TrainWindows
+    val: NextTrackCases
+
+
+def load_training_data(data_dir: str | Path, max_seq_len: int) -> TrainingData:
+    vocab = load_vocab(data_dir)
+    train = TrainWindows.from_sessions(encode_sessions(load_split(data_dir, "train"), vocab), max_seq_len)
+    val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), max_seq_len)
+    if len(val) == 0:
+        raise ValueError(f"{data_dir}: the validation split has no next-track case; early stopping needs one")
+    return TrainingData(vocab, train, val)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# -- state directories -----------------------------------------------------------------------------
+
+
+def write_state_dir(directory: Path, snapshot: dict, vocab: Vocabulary, extra: dict) -> None:
+    """Fill `directory` with one epoch's resumable state and the best model so far."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(snapshot, directory / STATE_FILE)
+    best_metrics = next((r for r in snapshot["history"] if r["epoch"] == snapshot["best_epoch"]), {})
+    model = build_model(ModelConfig.from_dict(snapshot["model_config"]))
+    save_checkpoint(
+        directory / BEST_DIR,
+        model,
+        vocab,
+        extra={
+            **extra,
+            "train_config": snapshot["train_config"],
+            "best_epoch": snapshot["best_epoch"],
+            "best_val_metrics": {k: v for k, v in best_metrics.items() if k.startswith("val_")},
+            "epochs_trained": snapshot["epoch"],
+        },
+        state_dict=snapshot["best_model"],
+    )
+    (directory / META_FILE).write_text(
+        json.dumps({"epoch": snapshot["epoch"], "best_epoch": snapshot["best_epoch"], "best_metric": snapshot["best_metric"]})
+    )
+
+
+def find_state_dirs(root: str | Path) -> list[Path]:
+    """State directories at or below `root` (a run's storage directory), oldest epoch first."""
+    root = Path(root)
+    if (root / STATE_FILE).is_file() and (root / META_FILE).is_file():
+        return [root]
+    found = [p.parent for p in root.glob("**/" + META_FILE) if (p.parent / STATE_FILE).is_file()]
+    return sorted(found, key=lambda d: json.loads((d / META_FILE).read_text())["epoch"])
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a training state directory")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} is corrupt: {exc}") from None
+
+
+# -- per-epoch side effects ------------------------------------------------------------------------
+
+
+class MlflowEpochLogger:
+    """Logs one epoch's record into an existing run through the client API: it neither starts nor
+    ends runs, so a Ray worker cannot create a second run or close the driver's."""
+
+    def __init__(self, run_id: str, tracking_uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri)
+
+    def __call__(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        step = int(record["epoch"])
+        metrics = [Metric(k, float(v), now, step) for k, v in record.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def _ray_context():
+    """(rank, world_size) inside a Ray Train worker, None outside."""
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:  # not in a Ray Train worker (no session, or Ray not importable)
+        return None
+
+
+def train_worker(cfg: dict) -> dict:
+    ray_ctx = _ray_context()
+    rank, world_size = ray_ctx if ray_ctx is not None else (0, 1)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    model_config = ModelConfig.from_dict(cfg["model_config"])
+    train_config = TrainConfig.from_dict(cfg["train_config"])
+    extra = dict(cfg.get("extra") or {})
+
+    data = load_training_data(cfg["data_dir"], model_config.max_seq_len)
+    if data.vocab.size != model_config.vocab_size:
+        raise ValueError(
+            f"the vocabulary in {cfg['data_dir']} has {data.vocab.size} rows, the model config {model_config.vocab_size}"
+        )
+    seed_everything(train_config.seed)
+    model = build_model(model_config)
+
+    resume_state = None
+    if cfg.get("resume_from"):
+        resume_state = load_train_state(cfg["resume_from"])
+    elif ray_ctx is not None:
+        import ray.train
+
+        restored = ray.train.get_checkpoint()  # Ray restarted this run after a worker failure
+        if restored is not None:
+            with restored.as_directory() as d:
+                resume_state = load_train_state(d)
+
+    logger = None
+    if rank == 0 and cfg.get("run_id") and cfg.get("tracking_uri"):
+        logger = MlflowEpochLogger(cfg["run_id"], cfg["tracking_uri"])
+
+    def on_epoch_end(record: dict, snapshot) -> None:
+        if logger is not None:
+            logger(record)
+        epoch_name = f"epoch_{record['epoch']:03d}"
+        if ray_ctx is not None:
+            import ray.train
+
+            if rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    write_state_dir(Path(tmp), snapshot(), data.vocab, extra)
+                    ray.train.report(
+                        record, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=epoch_name
+                    )
+            else:
+                ray.train.report(record)  # a barrier: every rank reports every epoch
+        elif cfg.get("state_dir"):
+            state_dir = Path(cfg["state_dir"])
+            with atomic_dir(state_dir / epoch_name) as tmp:
+                write_state_dir(tmp, snapshot(), data.vocab, extra)
+            for old in find_state_dirs(state_dir)[:-KEEP_LOCAL_STATES]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    device = torch.device("cpu")
+    if ray_ctx is not None and torch.cuda.is_available():
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    result = fit(
+        model,
+        data.train,
+        data.val,
+        train_config,
+        item_counts=data.vocab.popularity().astype(np.float64),
+        rank=rank,
+        world_size=world_size,
+        on_epoch_end=on_epoch_end,
+        resume_state=resume_state,
+        device=device,
+    )
+    return {
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_metrics": result.best_metrics,
+        "stopped_early": result.stopped_early,
+        "epochs_run": result.epochs_run,
+        "train_windows": len(data.train),
+        "train_targets": data.train.num_targets,
+        "val_cases": len(data.val),
+        "peak_rss_mb": peak_rss_mb(),
+        "world_size": world_size,
+    }

@@ -1,0 +1,110 @@
+"""The `train` entry point: params, MLflow run contents, checkpoint artifact, resume by run id."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from entrypoints.train import app
+from playlistai.training.checkpoint import load_checkpoint
+from playlistai.training.stage import TrainParams
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--d-model", "16", "--n-layers", "1", "--max-seq-len", "20", "--batch-size", "128",
+         "--val-max-cases", "300", "--progress", "false", "--trainer", "local"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "lstm"], "unknown model 'lstm'"),
+        (["--epochs", "-1"], "epochs must be >= 1, got -1"),
+        (["--d-model", "30", "--n-heads", "4"], "n_heads (4) must divide d_model (30)"),
+        (["--trainer", "spark"], "trainer must be one of"),
+        (["--epochs", "two"], "epochs: expected an integer"),
+    ],
+)
+def test_bad_params_fail_before_training_with_a_message(args, message, tmp_path):
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "storage").exists()
+
+
+def test_bad_params_exit_non_zero_without_a_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "entrypoints.train", "--model", "lstm", "--data-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown model 'lstm'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_missing_splits_are_reported(tmp_path):
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "run the `splits` stage first" in result.output
+
+
+def test_params_default_from_settings():
+    from playlistai.config import load_settings
+
+    params = TrainParams.from_settings(load_settings(MODEL_NAME="transformer", MODEL_D=64, MAX_SEQ_LEN=30))
+    assert (params.model, params.d_model, params.max_seq_len) == ("sasrec", 64, 30)
+    assert TrainParams.from_settings(load_settings(), model="gru4rec").model == "gru4rec"
+
+
+def _run_by_id(run_id):
+    return mlflow.tracking.MlflowClient().get_run(run_id)
+
+
+def _train_cli(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_id = result.output.split("run ")[-1].split(",")[0].strip()
+    return run_id, result.output
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_local_run_logs_params_curves_and_a_loadable_checkpoint(tiny_data_dir, tmp_path):
+    run_id, output = _train_cli(
+        ["--model", "gru4rec", "--epochs", "2", "--data-dir", str(tiny_data_dir),
+         "--storage-path", str(tmp_path / "storage"), *SMALL]
+    )
+    run = _run_by_id(run_id)
+    assert run.info.status == "FINISHED"
+    for name in ("model", "d_model", "n_layers", "n_heads", "dropout", "max_seq_len", "epochs", "batch_size", "lr",
+                 "weight_decay", "loss", "num_negatives", "label_smoothing", "use_context", "num_workers",
+                 "trainer", "seed", "patience", "data_dir", "resume_from"):
+        assert name in run.data.params, name
+    assert run.data.params["model"] == "gru4rec"
+    tags = run.data.tags
+    assert tags["model_family"] == "gru4rec" and len(tags["data_hash"]) == 64 and "git_commit" in tags
+    client = mlflow.tracking.MlflowClient()
+    for key in ("train_loss", "val_recall_at_20", "val_ndcg_at_10", "lr", "epoch_seconds", "train_events_per_second"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    assert "best_val_ndcg_at_10" in run.data.metrics
+
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint", dst_path=str(tmp_path / "dl"))
+    model, vocab, config = load_checkpoint(local)
+    assert config["model_config"]["family"] == "gru4rec" and config["data_hash"] == tags["data_hash"]
+    assert model.score_batch(torch.tensor([[0, 1, 2]]), torch.tensor([3]), torch.tensor([1])).shape == (1, vocab.size)
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/training_curves.png"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_from_a_run_id_continues_its_epochs(tiny_data_dir, tmp_path):
+    common = ["--data-dir", str(tiny_data_dir), "--storage-path", str(tmp_path / "storage"), *SMALL]
+    first, _ = _train_cli(["--epochs", "1", *common])
+    second, _ = _train_cli(["--epochs", "2", "--resume-from", first, *common])
+    client = mlflow.tracking.MlflowClient()
+    assert [m.step for m in client.get_metric_history(second, "train_loss")] == [2]     # epoch 1 not redone
+    assert _run_by_id(second).data.metrics["epochs_run"] == 2
+    assert _run_by_id(second).data.tags["resumed_from"].endswith("epoch_001")
