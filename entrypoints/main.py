@@ -1,0 +1,73 @@
+"""Entry point `main`: the whole pipeline in one parent run, a child run per stage.
+
+    mlflow run . -e main --env-manager local -P size=tiny -P epochs=1
+"""
+
+from __future__ import annotations
+
+import typer
+
+from entrypoints.common import as_bool, as_int, cli_errors
+from playlistai.config import get_settings
+from playlistai.registry.pipeline import PipelineError, parse_models, run_pipeline
+from playlistai.registry.promotion import PROMOTE_MODES
+from playlistai.tracking import stage_run
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    size: str = typer.Option("default", help="synthetic dataset size: tiny | default | large"),
+    seed: str = typer.Option("42"),
+    data_dir: str = typer.Option(None, help="defaults to DATA_DIR"),
+    models: str = typer.Option("sasrec,gru4rec", help="models to train, comma-separated; the best is registered"),
+    epochs: str = typer.Option("0", help="0 = the train stage's default"),
+    num_workers: str = typer.Option("0", help="Ray Train workers; 0 = the train stage's default"),
+    trainer: str = typer.Option("", help="ray | local; empty = the train stage's default"),
+    d_model: str = typer.Option("0", help="0 = the train stage's default (MODEL_D)"),
+    batch_size: str = typer.Option("0", help="0 = the train stage's default"),
+    patience: str = typer.Option("-1", help="-1 = the train stage's default"),
+    baselines: str = typer.Option("true", help="evaluate the baselines beside the models"),
+    promote: str = typer.Option("auto", help="auto | force | never (the register stage's gate)"),
+    n_resamples: str = typer.Option("1000", help="bootstrap resamples (evaluation and gate)"),
+) -> None:
+    with cli_errors("main"):
+        settings = get_settings()
+        if promote not in PROMOTE_MODES:
+            raise ValueError(f"promote: expected one of {', '.join(PROMOTE_MODES)}, got {promote!r}")
+        optional = lambda value, name, minimum: as_int(value, name, minimum=minimum) or None  # noqa: E731
+        train_params = {
+            "d_model": optional(d_model, "d_model", 0),
+            "batch_size": optional(batch_size, "batch_size", 0),
+        }
+        if as_int(patience, "patience", minimum=-1) >= 0:
+            train_params["patience"] = as_int(patience, "patience")
+        params = dict(
+            size=size,
+            seed=as_int(seed, "seed", minimum=0),
+            data_dir=data_dir or settings.DATA_DIR,
+            models=parse_models(models),
+            epochs=optional(epochs, "epochs", 0),
+            num_workers=optional(num_workers, "num_workers", 0),
+            trainer=trainer.strip() or None,
+            train_params={k: v for k, v in train_params.items() if v is not None},
+            baselines=as_bool(baselines, "baselines"),
+            promote=promote,
+            n_resamples=as_int(n_resamples, "n_resamples", minimum=10),
+        )
+        logged = {**{k: v for k, v in params.items() if k != "train_params"}, **params["train_params"],
+                  "models": ",".join(params["models"])}
+        with stage_run("main", logged, settings=settings):
+            try:
+                summary = run_pipeline(**params)
+            except PipelineError as exc:
+                raise ValueError(str(exc)) from None
+        for model, m in summary["models"].items():
+            typer.echo(f"main: {model:<8} test ndcg@10 {m['test_ndcg_at_10']:.4f} recall@20 {m.get('test_recall_at_20', 0):.4f}")
+        typer.echo(f"main: registered {summary['best_model']} as v{summary['registered_version']}: "
+                   f"{summary['gate_decision']} ({summary['gate_reason']})")
+
+
+if __name__ == "__main__":
+    app()

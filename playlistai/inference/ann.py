@@ -1,0 +1,155 @@
+"""Approximate top-k over the item table with FAISS, by inner product (what the models score with).
+
+The index holds the item embeddings of vocabulary indices 1..V-1 in order (PAD is left out), so a
+FAISS id i is vocabulary index i + 1 and no id map is needed.
+
+Which index: HNSW up to `HNSW_MAX_CATALOG` tracks (best recall per millisecond, no training, and
+memory is small at that size); IVF-Flat above it, where HNSW's graph and build time grow and a
+coarse quantizer partitions the catalog (nlist = 4 sqrt(N), the usual rule). The search breadth
+(`ef_search` or `nprobe`) is tuned at packaging time: raised until the raw FAISS top-20 overlaps
+the exact top-20 by at least `target_overlap` on held-out queries, then stored with the index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+HNSW_MAX_CATALOG = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200
+DEFAULT_TARGET_OVERLAP = 0.98
+OVERLAP_K = 20
+
+
+@dataclass
+class AnnParams:
+    index_type: str                 # 'hnsw' | 'ivf'
+    catalog_size: int               # tracks in the index (vocabulary without PAD)
+    dim: int
+    metric: str = "inner_product"
+    hnsw_m: int | None = None
+    hnsw_ef_construction: int | None = None
+    hnsw_ef_search: int | None = None
+    ivf_nlist: int | None = None
+    ivf_nprobe: int | None = None
+    target_overlap: float | None = None
+    overlap_at_20: float | None = None        # raw FAISS top-20 vs exact top-20, mean over queries
+    overlap_queries: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AnnParams:
+        return cls(**d)
+
+    def log_params(self) -> dict[str, str]:
+        """Flat `ann_*` keys for MLflow params and version tags."""
+        return {f"ann_{k}": str(v) for k, v in self.to_dict().items() if v is not None}
+
+
+def choose_index_type(catalog_size: int) -> str:
+    return "hnsw" if catalog_size <= HNSW_MAX_CATALOG else "ivf"
+
+
+def build_index(items: np.ndarray, index_type: str = "auto") -> tuple[faiss.Index, AnnParams]:
+    """items [N, D] float32 = the item table without the PAD row."""
+    items = np.ascontiguousarray(items, dtype=np.float32)
+    n, d = items.shape
+    if n < 1:
+        raise ValueError("cannot index an empty catalog")
+    index_type = choose_index_type(n) if index_type == "auto" else index_type
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.add(items)
+        params = AnnParams("hnsw", n, d, hnsw_m=HNSW_M, hnsw_ef_construction=HNSW_EF_CONSTRUCTION, hnsw_ef_search=64)
+    elif index_type == "ivf":
+        # FAISS wants ~39 training points per list; small catalogs get fewer lists
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(items)
+        index.add(items)
+        params = AnnParams("ivf", n, d, ivf_nlist=nlist, ivf_nprobe=min(nlist, 8))
+    else:
+        raise ValueError(f"unknown ANN index type {index_type!r}; expected auto, hnsw or ivf")
+    return index, params
+
+
+def search_parameters(params: AnnParams, n_results: int):
+    """Per-call search breadth (no shared index state is changed, so concurrent searches are safe)."""
+    if params.index_type == "hnsw":
+        # HNSW cannot return more results than its candidate list
+        return faiss.SearchParametersHNSW(efSearch=max(int(params.hnsw_ef_search or 64), n_results))
+    return faiss.SearchParametersIVF(nprobe=int(params.ivf_nprobe or 1))
+
+
+def search(index: faiss.Index, params: AnnParams, queries: np.ndarray, n_results: int) -> np.ndarray:
+    """Vocabulary indices [B, n] of the approximate top n (0 where FAISS found fewer)."""
+    n_results = max(1, min(int(n_results), params.catalog_size))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, ids = index.search(queries, n_results, params=search_parameters(params, n_results))
+    return np.where(ids >= 0, ids + 1, 0).astype(np.int64)
+
+
+def exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    scores = np.asarray(queries, np.float32) @ np.asarray(items, np.float32).T
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return top + 1
+
+
+def mean_overlap(approx: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    return float(np.mean([len(set(a[:k]) & set(e)) / k for a, e in zip(approx, exact, strict=True)]))
+
+
+def tune(
+    index: faiss.Index,
+    params: AnnParams,
+    items: np.ndarray,
+    queries: np.ndarray,
+    target_overlap: float = DEFAULT_TARGET_OVERLAP,
+    k: int = OVERLAP_K,
+) -> AnnParams:
+    """Double ef_search / nprobe until the top-k overlap with exact search reaches the target."""
+    exact = exact_top(items, queries, k)
+    while True:
+        overlap = mean_overlap(search(index, params, queries, k), exact)
+        if overlap >= target_overlap:
+            break
+        if params.index_type == "hnsw":
+            if params.hnsw_ef_search >= params.catalog_size:
+                break
+            params.hnsw_ef_search = min(params.catalog_size, params.hnsw_ef_search * 2)
+        else:
+            if params.ivf_nprobe >= params.ivf_nlist:
+                break
+            params.ivf_nprobe = min(params.ivf_nlist, params.ivf_nprobe * 2)
+    params.target_overlap = target_overlap
+    params.overlap_at_20 = overlap
+    params.overlap_queries = len(queries)
+    return params
+
+
+def save(index: faiss.Index, params: AnnParams, index_path: Path, params_path: Path) -> None:
+    faiss.write_index(index, str(index_path))
+    Path(params_path).write_text(json.dumps(params.to_dict(), indent=2, sort_keys=True))
+
+
+def load(index_path: Path, params_path: Path) -> tuple[faiss.Index, AnnParams]:
+    params = AnnParams.from_dict(json.loads(Path(params_path).read_text()))
+    index = faiss.read_index(str(index_path))
+    if index.ntotal != params.catalog_size or index.d != params.dim:
+        raise ValueError(
+            f"index holds {index.ntotal} vectors of dimension {index.d}; "
+            f"expected {params.catalog_size} of dimension {params.dim}"
+        )
+    return index, params

@@ -1,0 +1,306 @@
+"""Recommender: a listening history and the context of the next play -> the next k tracks.
+
+How a request is answered:
+
+1. The history's track ids are looked up in the vocabulary; unknown ones are dropped and reported.
+   Only the most recent `max_seq_len` known tracks reach the model (it was trained on no more).
+2. No known track: the cold-start popularity table for the request's hour answers (fallback=True).
+3. Otherwise the model turns (history, hour, dow) into one query vector, and
+   - exact: scores = query @ item table (one matrix product), then a partial top-k (torch.topk);
+   - ANN: FAISS returns `cand_topk` candidates by inner product, which are re-scored exactly and
+     ranked; when filters leave fewer than k of them, that request is answered exactly instead.
+4. Filters: tracks of the input are excluded (unless exclude_seen=False), at most
+   `max_per_artist` tracks per artist, never a duplicate.
+
+Scores are the model's inner products (logits; larger is better, comparable within a response);
+the fallback's scores are p(track | hour).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from playlistai.data.vocab import PAD, Vocabulary
+from playlistai.inference import ann as ann_lib
+from playlistai.inference.features import history_features, load_reference
+from playlistai.inference.package import (
+    ANN_INDEX_FILE,
+    ANN_PARAMS_FILE,
+    DRIFT_SAMPLE_FILE,
+    DRIFT_STATS_FILE,
+    POPULARITY_FILE,
+    ModelPackageError,
+    resolve_package_dir,
+    verify_package,
+)
+from playlistai.inference.popularity import ContextPopularity
+from playlistai.models import SequenceRecommender
+
+NEG_INF = float("-inf")
+# a serving process has ~2 cores; more intra-op threads than cores only adds contention
+DEFAULT_THREADS = 2
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set torch and FAISS (OpenMP) threads: the argument, PLAYLISTAI_INFERENCE_THREADS, or min(2, cpus)."""
+    n = num_threads or int(os.environ.get("PLAYLISTAI_INFERENCE_THREADS", "0") or 0)
+    n = n or min(DEFAULT_THREADS, os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    return n
+
+
+@dataclass
+class Recommendation:
+    items: list[tuple[str, float]]          # (track_id, score), best first, no duplicates
+    unknown_tracks: list[str] = field(default_factory=list)   # input ids not in the vocabulary (dropped)
+    fallback: bool = False                  # no input track was known: popularity answered
+
+
+class Recommender:
+    def __init__(
+        self,
+        model: SequenceRecommender,
+        vocab: Vocabulary,
+        config: dict,
+        popularity: ContextPopularity,
+        ann_index: faiss.Index | None = None,
+        ann_params: ann_lib.AnnParams | None = None,
+        package_dir: Path | None = None,
+        model_version: str | None = None,
+    ):
+        if vocab.size != model.config.vocab_size:
+            raise ValueError(f"vocabulary has {vocab.size} rows, model expects {model.config.vocab_size}")
+        if popularity.vocab_size != vocab.size:
+            raise ValueError(f"popularity table has {popularity.vocab_size} rows, vocabulary {vocab.size}")
+        self.model = model.eval()
+        self.vocab = vocab
+        self.config = config
+        self.model_version = model_version
+        self.package_dir = package_dir
+        self.ann_index = ann_index
+        self.ann_params = ann_params
+        self.max_seq_len = int(model.config.max_seq_len)
+        with torch.inference_mode():
+            self._items = model.item_embeddings().detach().float().contiguous()      # [V, D]
+        self._artists = vocab.artist_index()                                          # [V], -1 = unknown
+        self._popularity_percentile = vocab.popularity_percentile()
+        fallback = torch.from_numpy(popularity.probabilities()).float()
+        fallback[:, PAD] = NEG_INF
+        self._fallback = fallback                                                     # [24, V]
+        self._drift_reference: tuple[dict, pd.DataFrame] | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_directory(cls, path: str | Path, num_threads: int | None = None) -> Recommender:
+        """Load a model package (or a pyfunc model directory holding one); every file is verified."""
+        from playlistai.training.checkpoint import CheckpointError, load_checkpoint
+
+        directory = resolve_package_dir(path)
+        verify_package(directory)
+        configure_threads(num_threads)
+        try:
+            model, vocab, config = load_checkpoint(directory)
+        except CheckpointError as exc:
+            raise ModelPackageError(str(exc)) from None
+        try:
+            popularity = ContextPopularity.load(directory / POPULARITY_FILE)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelPackageError(f"{directory / POPULARITY_FILE} (the popularity table) is corrupt: {exc}") from None
+        try:
+            index, params = ann_lib.load(directory / ANN_INDEX_FILE, directory / ANN_PARAMS_FILE)
+        except (OSError, ValueError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
+            raise ModelPackageError(f"{directory / ANN_INDEX_FILE} (the FAISS index) is corrupt: {exc}") from None
+        if params.catalog_size != len(vocab):
+            raise ModelPackageError(
+                f"{directory / ANN_INDEX_FILE} indexes {params.catalog_size} tracks, the vocabulary has {len(vocab)}"
+            )
+        return cls(model, vocab, config, popularity, index, params, package_dir=directory)
+
+    @property
+    def drift_reference(self) -> tuple[dict, pd.DataFrame]:
+        """(statistics, sample rows) of the training features, loaded on first use."""
+        if self._drift_reference is None:
+            if self.package_dir is None:
+                raise ModelPackageError("this Recommender was not loaded from a package: no drift reference")
+            self._drift_reference = load_reference(
+                self.package_dir / DRIFT_STATS_FILE, self.package_dir / DRIFT_SAMPLE_FILE
+            )
+        return self._drift_reference
+
+    @property
+    def catalog_size(self) -> int:
+        return len(self.vocab)
+
+    # -- features for drift monitoring -----------------------------------------------------------
+
+    def history_features(self, tracks: Sequence[str]) -> dict:
+        """history_length, known_length, unknown_share, mean_popularity_percentile (None if none known)."""
+        return history_features(tracks, self.vocab, self._popularity_percentile)
+
+    # -- recommending ----------------------------------------------------------------------------
+
+    def recommend(
+        self,
+        tracks: Sequence[str],
+        k: int,
+        hour: int,
+        dow: int,
+        *,
+        use_ann: bool = False,
+        exclude_seen: bool = True,
+        max_per_artist: int | None = None,
+        cand_topk: int = 500,
+    ) -> Recommendation:
+        return self.recommend_batch(
+            [tracks], k, [hour], [dow], use_ann=use_ann, exclude_seen=exclude_seen,
+            max_per_artist=max_per_artist, cand_topk=cand_topk,
+        )[0]
+
+    def recommend_batch(
+        self,
+        tracks: Sequence[Sequence[str]],
+        k: int | Sequence[int],
+        hours: Sequence[int],
+        dows: Sequence[int],
+        *,
+        use_ann: bool = False,
+        exclude_seen: bool = True,
+        max_per_artist: int | None = None,
+        cand_topk: int = 500,
+    ) -> list[Recommendation]:
+        """Many requests at once: one model forward and one matrix product for all of them."""
+        n = len(tracks)
+        ks = [k] * n if isinstance(k, int | np.integer) else list(k)
+        if not (len(ks) == len(hours) == len(dows) == n):
+            raise ValueError("tracks, k, hours and dows must have the same length")
+        for i in range(n):
+            self._check_request(tracks[i], ks[i], hours[i], dows[i])
+        if max_per_artist is not None and int(max_per_artist) < 1:
+            raise ValueError(f"max_per_artist must be >= 1 (or None for no cap), got {max_per_artist}")
+        if int(cand_topk) < 1:
+            raise ValueError(f"cand_topk must be >= 1, got {cand_topk}")
+        ks = [min(int(x), self.catalog_size) for x in ks]
+
+        encoded = [self.vocab.encode([str(t) for t in row]) if len(row) else np.zeros(0, np.int64) for row in tracks]
+        unknown = [list(dict.fromkeys(str(t) for t, i in zip(row, e, strict=True) if i == PAD))
+                   for row, e in zip(tracks, encoded, strict=True)]
+        known = [e[e != PAD] for e in encoded]
+        seen = [np.unique(x) if exclude_seen else np.zeros(0, np.int64) for x in known]
+        results: list[Recommendation | None] = [None] * n
+
+        cold = [i for i in range(n) if len(known[i]) == 0]
+        if cold:
+            scores = self._fallback[torch.as_tensor([int(hours[i]) for i in cold])].clone()
+            for row, i in enumerate(cold):
+                items = self._select(scores[row], ks[i], max_per_artist)
+                results[i] = Recommendation(items, unknown[i], fallback=True)
+
+        warm = [i for i in range(n) if len(known[i]) > 0]
+        if warm:
+            queries = self._queries([known[i] for i in warm], [hours[i] for i in warm], [dows[i] for i in warm])
+            exact_rows = list(range(len(warm)))
+            if use_ann:
+                exact_rows = []
+                ann_rows = self._ann_answers(queries, [ks[i] for i in warm], [seen[i] for i in warm],
+                                             max_per_artist, int(cand_topk))
+                for row, i in enumerate(warm):
+                    if ann_rows[row] is None:
+                        exact_rows.append(row)
+                    else:
+                        results[i] = Recommendation(ann_rows[row], unknown[i])
+            if exact_rows:
+                with torch.inference_mode():
+                    scores = queries[exact_rows] @ self._items.T                     # [B, V]
+                    scores[:, PAD] = NEG_INF
+                    for r, row in enumerate(exact_rows):
+                        i = warm[row]
+                        if len(seen[i]):
+                            scores[r, torch.from_numpy(seen[i])] = NEG_INF
+                    for r, row in enumerate(exact_rows):
+                        i = warm[row]
+                        results[i] = Recommendation(self._select(scores[r], ks[i], max_per_artist), unknown[i])
+        return results  # type: ignore[return-value]
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_request(tracks, k, hour, dow) -> None:
+        if isinstance(tracks, str):
+            raise ValueError("tracks must be a list of track ids, not a string")
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not 0 <= int(hour) <= 23:
+            raise ValueError(f"hour must be in 0..23, got {hour}")
+        if not 0 <= int(dow) <= 6:
+            raise ValueError(f"dow must be in 0..6 (Monday = 0), got {dow}")
+
+    def _queries(self, known: list[np.ndarray], hours, dows) -> torch.Tensor:
+        """Query vectors [B, D] from the most recent max_seq_len known tracks of each history."""
+        width = min(self.max_seq_len, max(len(x) for x in known))
+        histories = np.zeros((len(known), width), dtype=np.int64)
+        for row, items in enumerate(known):
+            tail = items[-width:]
+            histories[row, width - len(tail):] = tail
+        with torch.inference_mode():
+            return self.model.user_vectors(
+                torch.from_numpy(histories),
+                torch.as_tensor(np.asarray(hours, dtype=np.int64)),
+                torch.as_tensor(np.asarray(dows, dtype=np.int64)),
+            ).float()
+
+    def _ann_answers(self, queries, ks, seen, max_per_artist, cand_topk) -> list[list | None]:
+        """FAISS candidates re-ranked exactly; None for a row whose filters left fewer than k."""
+        if self.ann_index is None or self.ann_params is None:
+            raise ModelPackageError("use_ann=True but this Recommender has no FAISS index")
+        wanted = max(max(ks), cand_topk) + max(len(s) for s in seen)
+        candidates = ann_lib.search(self.ann_index, self.ann_params, queries.numpy(), wanted)   # [B, C]
+        out: list[list | None] = []
+        with torch.inference_mode():
+            cand = torch.from_numpy(candidates)
+            scores = torch.einsum("bcd,bd->bc", self._items[cand], queries)
+            scores[cand == PAD] = NEG_INF
+            for row in range(len(ks)):
+                if len(seen[row]):
+                    scores[row, torch.from_numpy(np.isin(candidates[row], seen[row]))] = NEG_INF
+                picked = self._select(scores[row], ks[row], max_per_artist, ids=cand[row])
+                out.append(picked if len(picked) >= ks[row] else None)
+        return out
+
+    def _select(self, scores: torch.Tensor, k: int, max_per_artist: int | None, ids: torch.Tensor | None = None):
+        """Best k (track_id, score) of one row; -inf never selected; at most max_per_artist per artist.
+
+        `ids` maps positions of `scores` to vocabulary indices (ANN candidates); None = identity.
+        """
+        width = scores.shape[0]
+        take = min(width, k if max_per_artist is None else max(4 * k, 64))
+        while True:
+            values, positions = torch.topk(scores, take)
+            values = values.tolist()
+            indices = (ids[positions] if ids is not None else positions).tolist()
+            picked: list[tuple[str, float]] = []
+            per_artist: dict[int, int] = {}
+            for value, index in zip(values, indices, strict=True):
+                if value == NEG_INF or len(picked) == k:
+                    break
+                if max_per_artist is not None:
+                    artist = int(self._artists[index])
+                    if artist >= 0:
+                        if per_artist.get(artist, 0) >= max_per_artist:
+                            continue
+                        per_artist[artist] = per_artist.get(artist, 0) + 1
+                picked.append((self.vocab.track_ids[index - 1], float(value)))
+            exhausted = take == width or values[-1] == NEG_INF
+            if len(picked) == k or exhausted:
+                return picked
+            take = min(width, take * 4)

@@ -1,0 +1,15 @@
+"""The registry: model packages as MLflow pyfunc models, registration and the promotion gate."""
+
+from __future__ import annotations
+
+
+def load_recommender(model_uri: str):
+    """The Recommender of a pyfunc model URI (see playlistai.registry.pyfunc.load_recommender).
+
+    Imported on call, so `import playlistai.registry.<module>` does not pull in MLflow's pyfunc."""
+    from playlistai.registry.pyfunc import load_recommender as load
+
+    return load(model_uri)
+
+
+__all__ = ["load_recommender"]

@@ -1,0 +1,124 @@
+"""The whole pipeline as one MLflow run: data -> preprocess -> splits -> train each model ->
+evaluate each (with the baselines) -> register the best -> promotion gate.
+
+Each stage is the project's own entry point, launched with `mlflow.projects.run` from inside the
+parent run, so MLflow records it as a child run with its own params, metrics and artifacts, in
+exactly the form a user gets from `mlflow run . -e <stage>`; the parent keeps the summary (each
+model's test metrics, the chosen model, the registered version and the gate's decision).
+Stages run in subprocesses with the current environment (`env_manager="local"`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import mlflow
+from mlflow.exceptions import ExecutionException
+
+from playlistai.models.config import canonical_family
+
+SELECTION_METRIC = "test_ndcg_at_10"
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names it and its run."""
+
+
+def parse_models(value: str | Sequence[str]) -> list[str]:
+    names = value.split(",") if isinstance(value, str) else list(value)
+    models = list(dict.fromkeys(canonical_family(n) for n in names if str(n).strip()))
+    if not models:
+        raise ValueError("models: name at least one of sasrec, gru4rec")
+    return models
+
+
+def _as_param(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def run_stage(project_uri: str, entry_point: str, params: Mapping, run_name: str) -> str:
+    """Run one entry point as a child of the active run; return its run id."""
+    parent = mlflow.active_run()
+    t0 = time.perf_counter()
+    try:
+        submitted = mlflow.projects.run(
+            project_uri,
+            entry_point=entry_point,
+            parameters={k: _as_param(v) for k, v in params.items() if v is not None and v != ""},
+            env_manager="local",
+            experiment_id=parent.info.experiment_id if parent else None,
+            run_name=run_name,
+            synchronous=True,
+        )
+    except ExecutionException as exc:
+        raise PipelineError(f"stage `{run_name}` failed: {exc}") from None
+    # the stage names its run after itself; the pipeline's name says which model it was for
+    mlflow.MlflowClient().set_tag(submitted.run_id, "mlflow.runName", run_name)
+    mlflow.log_metric(f"seconds_{run_name.replace('-', '_')}", time.perf_counter() - t0)
+    return submitted.run_id
+
+
+def run_pipeline(
+    *,
+    data_dir: str,
+    size: str = "default",
+    seed: int = 42,
+    models: Sequence[str] = ("sasrec", "gru4rec"),
+    epochs: int | None = None,
+    num_workers: int | None = None,
+    trainer: str | None = None,
+    train_params: Mapping | None = None,
+    baselines: bool = True,
+    promote: str = "auto",
+    n_resamples: int = 1000,
+    project_uri: str = ".",
+) -> dict:
+    """Run every stage under the active (parent) run; return the summary it logs."""
+    client = mlflow.MlflowClient()
+    run_stage(project_uri, "data", {"size": size, "seed": seed, "data_dir": data_dir}, "data")
+    run_stage(project_uri, "preprocess", {"data_dir": data_dir}, "preprocess")
+    run_stage(project_uri, "splits", {"data_dir": data_dir}, "splits")
+
+    trained: dict[str, str] = {}
+    for model in models:
+        params = {"model": model, "data_dir": data_dir, "seed": seed, "epochs": epochs,
+                  "num_workers": num_workers, "trainer": trainer, **(train_params or {})}
+        trained[model] = run_stage(project_uri, "train", params, f"train-{model}")
+
+    results: dict[str, dict[str, float]] = {}
+    for i, (model, train_run) in enumerate(trained.items()):
+        # the baselines do not depend on the model: the first evaluation reports them once
+        eval_run = run_stage(project_uri, "evaluate", {
+            "model_uri": f"runs:/{train_run}/checkpoint", "data_dir": data_dir, "split": "test",
+            "baselines": "true" if baselines and i == 0 else "false", "n_resamples": n_resamples,
+        }, f"evaluate-{model}")
+        metrics = client.get_run(eval_run).data.metrics
+        if SELECTION_METRIC not in metrics:
+            raise PipelineError(f"evaluate-{model} (run {eval_run}) logged no {SELECTION_METRIC}")
+        results[model] = {k: metrics[k] for k in ("test_ndcg_at_10", "test_recall_at_20", "test_mrr_at_20")
+                          if k in metrics}
+        mlflow.log_metrics({f"{model}_{k}": v for k, v in results[model].items()})
+
+    best = max(results, key=lambda m: results[m][SELECTION_METRIC])
+    mlflow.set_tags({"best_model": best, "best_train_run_id": trained[best]})
+    register_run = run_stage(project_uri, "register", {
+        "run_id": trained[best], "data_dir": data_dir, "promote": promote, "n_resamples": n_resamples,
+    }, "register")
+    reg = client.get_run(register_run).data
+    summary = {
+        "models": results,
+        "best_model": best,
+        "train_runs": trained,
+        "register_run_id": register_run,
+        "registered_version": reg.tags.get("registered_version"),
+        "gate_decision": reg.tags.get("gate_decision"),
+        "gate_reason": reg.tags.get("gate_reason"),
+    }
+    mlflow.set_tags({
+        "registered_version": summary["registered_version"] or "",
+        "gate_decision": summary["gate_decision"] or "",
+        "gate_reason": (summary["gate_reason"] or "")[:5000],
+    })
+    mlflow.log_dict(summary, "pipeline/summary.json")
+    return summary

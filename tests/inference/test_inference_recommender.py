@@ -1,0 +1,141 @@
+"""The Recommender on a packaged tiny model: filters, cold start, ANN agreement, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from playlistai.data.sequences import encode_sessions, load_split, next_track_cases
+from playlistai.inference import Recommendation, Recommender
+from playlistai.inference import ann as ann_lib
+from playlistai.inference.features import FEATURES
+
+
+@pytest.fixture(scope="module")
+def recommender(tiny_package) -> Recommender:
+    return Recommender.from_directory(tiny_package)
+
+
+@pytest.fixture(scope="module")
+def test_requests(recommender, tiny_data_dir):
+    """(tracks, hour, dow) of up to 200 test cases, as a client would send them."""
+    vocab = recommender.vocab
+    cases = next_track_cases(encode_sessions(load_split(tiny_data_dir, "test"), vocab), 50)
+    rows = np.random.default_rng(0).permutation(len(cases))[:200]
+    out = []
+    for r in rows:
+        history = cases.histories[r][cases.histories[r] > 0]
+        out.append((vocab.decode(history), int(cases.hours[r]), int(cases.dows[r])))
+    return out
+
+
+def test_inference_recommends_k_new_tracks_and_reports_unknown(recommender):
+    history = recommender.vocab.track_ids[:4]
+    rec = recommender.recommend([*history, "not-a-track"], k=10, hour=21, dow=5)
+    assert isinstance(rec, Recommendation)
+    ids = [t for t, _ in rec.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not set(ids) & set(history)
+    assert rec.unknown_tracks == ["not-a-track"] and rec.fallback is False
+    scores = [s for _, s in rec.items]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_inference_exclude_seen_false_may_return_input(recommender):
+    top = recommender.recommend(recommender.vocab.track_ids[:2], k=1, hour=8, dow=1, exclude_seen=False).items[0][0]
+    # asking again with that very track as history: allowed back only without exclusion
+    again = recommender.recommend([top], k=recommender.catalog_size, hour=8, dow=1, exclude_seen=False)
+    assert top in [t for t, _ in again.items]
+    excluded = recommender.recommend([top], k=recommender.catalog_size, hour=8, dow=1)
+    assert top not in [t for t, _ in excluded.items]
+    assert len(excluded.items) == recommender.catalog_size - 1
+
+
+def test_inference_cold_start_uses_hourly_popularity(recommender):
+    night = recommender.recommend(["nope-1", "nope-2"], k=20, hour=3, dow=2)
+    evening = recommender.recommend([], k=20, hour=20, dow=2)
+    assert night.fallback and evening.fallback
+    assert night.unknown_tracks == ["nope-1", "nope-2"]
+    assert len(night.items) == 20 and len({t for t, _ in night.items}) == 20
+    assert [t for t, _ in night.items] != [t for t, _ in evening.items], "the table depends on the hour"
+
+
+def test_inference_artist_cap(recommender):
+    artists = dict(zip(recommender.vocab.track_ids, recommender.vocab.artist_ids, strict=True))
+    for use_ann in (False, True):
+        rec = recommender.recommend(recommender.vocab.track_ids[5:8], k=15, hour=12, dow=3,
+                                    max_per_artist=1, use_ann=use_ann)
+        named = [artists[t] for t, _ in rec.items]
+        assert len(rec.items) == 15
+        assert len(set(named)) == len(named)
+    fallback = recommender.recommend([], k=10, hour=12, dow=3, max_per_artist=2)
+    counts = np.unique([artists[t] for t, _ in fallback.items], return_counts=True)[1]
+    assert counts.max() <= 2
+
+
+def test_inference_uses_only_the_most_recent_max_seq_len_tracks(recommender):
+    L = recommender.max_seq_len
+    ids = recommender.vocab.track_ids
+    long_history = [ids[i % 40] for i in range(L + 15)]
+    full = recommender.recommend(long_history, k=5, hour=9, dow=0, exclude_seen=False)
+    tail = recommender.recommend(long_history[-L:], k=5, hour=9, dow=0, exclude_seen=False)
+    assert full.items == tail.items
+
+
+def test_inference_batch_equals_single_requests(recommender, test_requests):
+    reqs = test_requests[:20] + [(["unknown"], 4, 6)]
+    batch = recommender.recommend_batch([r[0] for r in reqs], 10, [r[1] for r in reqs], [r[2] for r in reqs])
+    for (tracks, hour, dow), answer in zip(reqs, batch, strict=True):
+        single = recommender.recommend(tracks, 10, hour, dow)
+        assert [t for t, _ in single.items] == [t for t, _ in answer.items]
+        assert np.allclose([s for _, s in single.items], [s for _, s in answer.items], atol=1e-5)
+        assert single.fallback == answer.fallback
+
+
+def test_inference_ann_top20_overlaps_exact(recommender, test_requests):
+    """The packaged FAISS index (params tuned and logged at packaging) agrees with exact search."""
+    params = recommender.ann_params
+    assert params.overlap_at_20 >= 0.95 and params.index_type in ("hnsw", "ivf")
+    tracks, hours, dows = ([r[i] for r in test_requests] for i in range(3))
+    exact = recommender.recommend_batch(tracks, 20, hours, dows)
+    # cand_topk=20: the served ANN answer is FAISS's own top 20 (re-scored), no wider candidate net
+    approx = recommender.recommend_batch(tracks, 20, hours, dows, use_ann=True, cand_topk=20)
+    overlaps = [len({t for t, _ in e.items} & {t for t, _ in a.items}) / 20 for e, a in zip(exact, approx, strict=True)]
+    assert np.mean(overlaps) >= 0.95
+
+
+def test_inference_ivf_index_reaches_target_overlap(recommender):
+    """The large-catalog index type, forced on the tiny catalog: tuning raises nprobe until it agrees."""
+    with torch.inference_mode():
+        items = recommender.model.item_embeddings()[1:].numpy()
+    queries = np.random.default_rng(1).standard_normal((200, items.shape[1])).astype(np.float32)
+    index, params = ann_lib.build_index(items, "ivf")
+    params = ann_lib.tune(index, params, items, queries, target_overlap=0.95)
+    assert params.index_type == "ivf" and params.ivf_nlist >= 1
+    assert ann_lib.mean_overlap(ann_lib.search(index, params, queries, 20), ann_lib.exact_top(items, queries, 20)) >= 0.95
+
+
+def test_inference_rejects_bad_requests(recommender):
+    for kwargs, word in [(dict(hour=24, dow=0), "hour"), (dict(hour=0, dow=7), "dow"),
+                         (dict(hour=0, dow=0, k=0), "k must"), (dict(hour=0, dow=0, max_per_artist=0), "max_per_artist")]:
+        call = {"k": 5, **kwargs}
+        with pytest.raises(ValueError, match=word):
+            recommender.recommend(["a"], **call)
+    with pytest.raises(ValueError, match="list of track ids"):
+        recommender.recommend("t000001", 5, 0, 0)
+
+
+def test_inference_history_features_and_drift_reference(recommender):
+    ids = recommender.vocab.track_ids
+    f = recommender.history_features([ids[0], ids[-1], "zzz", "yyy"])
+    assert f["history_length"] == 4 and f["known_length"] == 2 and f["unknown_share"] == 0.5
+    assert 0 < f["mean_popularity_percentile"] <= 1
+    assert recommender.history_features(["zzz"])["mean_popularity_percentile"] is None
+    stats, sample = recommender.drift_reference
+    assert stats["n_cases"] > 0 and set(stats["features"]) == set(FEATURES)
+    for name in FEATURES:
+        hist = stats["features"][name]["histogram"]
+        assert sum(hist["counts"]) == stats["features"][name]["count"]
+    assert list(sample.columns) == list(FEATURES) and 0 < len(sample) <= stats["n_cases"]
+    assert sample["hour"].between(0, 23).all() and sample["unknown_share"].between(0, 1).all()

@@ -1,0 +1,115 @@
+"""Alias moves under concurrency: the gate never leaves production on a version that lost.
+
+These use a registered model of their own and stand-in comparisons, so they need no trained
+model: what they test is the decision protocol and the lock in the tracking store.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import mlflow
+import pytest
+
+from playlistai.registry import promotion
+from playlistai.registry.gate import GateComparison
+
+
+def comparison(diff: float) -> GateComparison:
+    return GateComparison("test_ndcg_at_10", 0.2 + diff, 0.2, diff, diff - 0.01, diff + 0.01, 0.01, 0.95,
+                          100, 10, True)
+
+
+@pytest.fixture
+def registry():
+    """(client, model name, [versions 1..3]) with placeholder sources."""
+    client = mlflow.MlflowClient()
+    name = f"gate-probe-{uuid.uuid4().hex[:8]}"
+    with mlflow.start_run(run_name="gate-probe") as run:
+        mlflow.log_text("placeholder", "model/MLmodel")
+    client.create_registered_model(name)
+    versions = [client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id).version
+                for _ in range(3)]
+    yield client, name, [str(v) for v in versions]
+    client.delete_registered_model(name)
+
+
+def test_registry_gate_recompares_when_production_moves_during_the_comparison(registry):
+    client, name, (v1, v2, v3) = registry
+    client.set_registered_model_alias(name, "production", v1)
+    calls = []
+
+    def compare(challenger, current):
+        calls.append((challenger, current))
+        if len(calls) == 1:
+            # another registration promotes v2 while v3 is being compared with v1
+            client.set_registered_model_alias(name, "production", v2)
+            return comparison(+0.05)          # v3 beats v1 ...
+        return comparison(-0.02)              # ... but not v2
+
+    decision = promotion.decide_and_promote(client, name, "production", v3, "auto", compare)
+    assert calls == [(v3, v1), (v3, v2)]
+    assert decision.decision == "rejected" and decision.attempts == 2
+    assert str(client.get_model_version_by_alias(name, "production").version) == v2
+    assert client.get_model_version(name, v3).tags["gate_compared_with"] == v2
+
+
+def test_registry_concurrent_gates_serialize_on_the_lock(registry):
+    """Two challengers that both beat v1, decided at once: each alias move is checked under the lock."""
+    client, name, (v1, v2, v3) = registry
+    client.set_registered_model_alias(name, "production", v1)
+    strength = {v1: 0.0, v2: 0.1, v3: 0.2}
+    barrier = threading.Barrier(2)
+
+    def compare(challenger, current):
+        if current == v1:
+            barrier.wait(timeout=30)          # both compare against v1 at the same time
+        return comparison(strength[challenger] - strength[current])
+
+    results = {}
+
+    def gate(version):
+        results[version] = promotion.decide_and_promote(
+            mlflow.MlflowClient(), name, "production", version, "auto", compare)
+
+    threads = [threading.Thread(target=gate, args=(v,)) for v in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    # whatever the interleaving, the final production is the strongest, and every promotion was
+    # decided against the version it replaced
+    assert str(client.get_model_version_by_alias(name, "production").version) == v3
+    for version, decision in results.items():
+        if decision.promoted:
+            assert strength[version] > strength[decision.production_before]
+
+
+def test_registry_lock_excludes_and_stale_lock_is_broken(registry):
+    client, name, _ = registry
+    with promotion.PromotionLock(client, name, timeout_s=5):
+        with pytest.raises(promotion.PromotionError, match="promotion lock"):
+            with promotion.PromotionLock(client, name, timeout_s=0.5, poll_s=0.1):
+                pass
+    # a crashed holder: the lock model is left behind, and is broken once it is stale
+    client.create_registered_model(name + promotion.LOCK_SUFFIX, tags={"holder": "crashed"})
+    with promotion.PromotionLock(client, name, timeout_s=5, stale_after_s=0.0, poll_s=0.1):
+        pass
+    names = {m.name for m in client.search_registered_models()}
+    assert name + promotion.LOCK_SUFFIX not in names
+
+
+def test_registry_force_moves_alias_and_says_rollback(registry):
+    client, name, (v1, v2, _) = registry
+    client.set_registered_model_alias(name, "production", v2)
+    decision = promotion.decide_and_promote(client, name, "production", v1, "force",
+                                            lambda *a: pytest.fail("force does not compare"))
+    assert decision.decision == "forced" and "rollback" in decision.reason
+    assert str(client.get_model_version_by_alias(name, "production").version) == v1
+
+
+def test_registry_bad_promote_mode(registry):
+    client, name, (v1, *_) = registry
+    with pytest.raises(ValueError, match="promote must be one of"):
+        promotion.decide_and_promote(client, name, "production", v1, "sometimes", lambda *a: None)
