@@ -33,8 +33,11 @@ preprocess: $(STAMP)
 splits: $(STAMP)
 	$(MLFLOW_RUN) -e splits -P data_dir=$(DATA_DIR)
 
+# the whole pipeline on the defaults (registry section below), then the API of the production alias
 demo: $(STAMP)
-	$(MAKE) data preprocess splits
+	$(MAKE) pipeline
+	@echo "serving models:/playlistai@production on http://$(API_HOST):$(API_PORT) (Ctrl-C stops it)"
+	$(MAKE) api
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
@@ -44,3 +47,111 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(DATA_DIR) mlartifacts mlflow.db
+
+# -- evaluation: `make eval MODEL_URI=runs:/<id>/checkpoint` (empty = baselines and oracle only)
+MODEL_URI ?=
+SPLIT ?= test
+BENCH_DATA_ROOT ?= data/bench
+.PHONY: eval bench-eval
+
+eval: $(STAMP)
+	$(MLFLOW_RUN) -e evaluate -P data_dir=$(DATA_DIR) -P split=$(SPLIT) -P model_uri=$(MODEL_URI)
+
+bench-eval: $(STAMP)
+	$(PY) bench/bench_eval.py --sizes default,large --data-root $(BENCH_DATA_ROOT)
+
+# -- registry: the whole pipeline, registration, promotion and rollback (README "Registry")
+MODELS ?= sasrec,gru4rec
+EPOCHS ?= 0
+NUM_WORKERS ?= 0
+RUN_ID ?=
+VERSION ?=
+PROMOTE ?= auto
+.PHONY: pipeline register promote rollback
+
+pipeline: $(STAMP)
+	$(MLFLOW_RUN) -e main -P size=$(SIZE) -P seed=$(SEED) -P data_dir=$(DATA_DIR) -P models=$(MODELS) \
+	  -P epochs=$(EPOCHS) -P num_workers=$(NUM_WORKERS)
+
+# `make register RUN_ID=<training run>`: a new version, gated
+register: $(STAMP)
+	$(MLFLOW_RUN) -e register -P run_id=$(RUN_ID) -P data_dir=$(DATA_DIR) -P promote=$(PROMOTE)
+
+# `make promote VERSION=N`: gate an existing version again; `make rollback VERSION=N`: move production to N
+promote: $(STAMP)
+	$(MLFLOW_RUN) -e register -P version=$(VERSION) -P data_dir=$(DATA_DIR) -P promote=$(PROMOTE)
+
+rollback: $(STAMP)
+	$(MLFLOW_RUN) -e register -P version=$(VERSION) -P data_dir=$(DATA_DIR) -P promote=force
+
+# -- deploy: the whole stack with Docker Compose (deploy/docker-compose.yml; see the README).
+# `make up` builds the images, starts every long-running service and waits until all are healthy,
+# then starts the one-shot trainer (the full pipeline against the MLflow server). `make logs
+# SERVICE=trainer` follows one service; `make down VOLUMES=1` also deletes the stack's volumes.
+COMPOSE ?= docker compose -f deploy/docker-compose.yml
+STACK_SERVICES := postgres mlflow redis api pushgateway prometheus grafana
+SERVICE ?=
+VOLUMES ?=
+.PHONY: up down logs
+
+up:
+	$(COMPOSE) up -d --build --wait $(STACK_SERVICES)
+	$(COMPOSE) up -d trainer
+	@echo "API http://localhost:8088  MLflow http://localhost:5000  Prometheus http://localhost:9090  Grafana http://localhost:3001 (admin/admin)"
+	@echo "training runs now: make logs SERVICE=trainer"
+
+down:
+	$(COMPOSE) down --remove-orphans $(if $(VOLUMES),--volumes)
+
+logs:
+	$(COMPOSE) logs -f --tail=200 $(SERVICE)
+
+# -- training: `make train MODEL=gru4rec TRAIN_ARGS="-P epochs=5 -P trainer=local"` (README "Training").
+# bench-train: events/s and s/epoch of both models, 1 vs 2 Ray workers, on `default` (BENCHMARKS.md)
+MODEL ?= sasrec
+TRAIN_ARGS ?=
+.PHONY: train bench-train
+
+train: $(STAMP)
+	$(MLFLOW_RUN) -e train -P model=$(MODEL) -P data_dir=$(DATA_DIR) $(TRAIN_ARGS)
+
+bench-train: $(STAMP)
+	$(PY) bench/bench_train.py --data-dir $(BENCH_DATA_ROOT)/default
+
+# -- serving: `make api` serves models:/playlistai@production on API_PORT (README "Serving").
+# bench-serve: latency and throughput of POST /continue under wrk (BENCHMARKS.md)
+API_PORT ?= 8088
+API_HOST ?= 127.0.0.1
+BENCH_SERVE_SIZES ?= default
+BENCH_SERVE_ARGS ?=
+.PHONY: api bench-serve
+
+api: $(STAMP)
+	$(VENV)/bin/uvicorn serving.main:app --host $(API_HOST) --port $(API_PORT) --no-access-log
+
+bench-serve: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PY) bench/bench_serve.py --sizes $(BENCH_SERVE_SIZES) --data-root $(BENCH_DATA_ROOT) $(BENCH_SERVE_ARGS)
+
+# -- monitoring (README "Monitoring"): `make drift` tests the API's latest requests against the
+# production model's training features, logs to MLflow, pushes to the Pushgateway and shows what
+# Prometheus scrapes. `make drift REPLAY=hour` (none | hour | popularity) first replays
+# DRIFT_REQUESTS training-like requests with that shift against the local API on API_PORT.
+REPLAY ?=
+DRIFT_REQUESTS ?= 1000
+DRIFT_ARGS ?=
+PUSHGATEWAY_URL ?= http://127.0.0.1:9091
+.PHONY: drift monitoring-check
+
+drift: $(STAMP)
+	$(if $(REPLAY),$(PY) -m monitoring.replay --api-url http://127.0.0.1:$(API_PORT) --data-dir $(DATA_DIR) \
+	  --requests $(DRIFT_REQUESTS) --shift $(REPLAY))
+	$(MLFLOW_RUN) -e drift -P pushgateway_url=$(PUSHGATEWAY_URL) $(if $(REPLAY),-P window=$(DRIFT_REQUESTS)) $(DRIFT_ARGS)
+	@echo "-- Pushgateway $(PUSHGATEWAY_URL)/metrics"; curl -sf $(PUSHGATEWAY_URL)/metrics | grep -E '^drift_(psi|detected)' || true
+	@echo "-- API http://127.0.0.1:$(API_PORT)/metrics"; curl -sf http://127.0.0.1:$(API_PORT)/metrics | grep -E '^drift_(psi|detected)' || true
+
+# promtool (Debian package `prometheus`) validates the scrape config and the alert rules
+monitoring-check:
+	promtool check config monitoring/prometheus/prometheus.yml
+	promtool check rules monitoring/prometheus/alerts.yml

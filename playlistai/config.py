@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,27 @@ class Settings(BaseSettings):
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     USE_FAISS: bool = False
     CAND_TOPK: int = Field(500, ge=1, le=100_000)
+    API_HOST: str = "127.0.0.1"
+    MODEL_URI: str | None = Field(None, description="serve this model URI or local path instead of the alias")
+    MODEL_POLL_S: float = Field(30, gt=0, description="seconds between checks of the served alias")
+    ADMIN_TOKEN: SecretStr | None = Field(None, description="bearer token of /admin/reload; unset disables it")
+    CACHE_TTL_S: int = Field(300, ge=1)
+    REDIS_TIMEOUT_MS: float = Field(5, gt=0, le=10_000, description="Redis socket timeout before falling back")
+    LOCAL_CACHE_MAX_ITEMS: int = Field(10_000, ge=1)
+    MAX_REQUEST_BYTES: int = Field(1_048_576, ge=1024)
+    WEB_CONCURRENCY: int = Field(1, ge=1, le=64, description="gunicorn workers")
+    TORCH_THREADS: int = Field(1, ge=0, le=256, description="inference threads per API worker; 0 = cores / workers")
+
+    # monitoring: live traffic features for drift, the drift job, and where it reports
+    TRAFFIC_STREAM_KEY: str = Field("playlistai:traffic:v1", min_length=1, description="Redis stream of request features")
+    TRAFFIC_STREAM_MAXLEN: int = Field(50_000, ge=100, description="rows the Redis stream keeps (approximate)")
+    TRAFFIC_BUFFER_ROWS: int = Field(10_000, ge=10, description="rows kept in memory per worker while Redis is down")
+    PUSHGATEWAY_URL: str = Field("http://127.0.0.1:9091", description="Prometheus Pushgateway of the drift job; empty = no push")
+    DRIFT_STATE_KEY: str = Field("playlistai:drift:latest", min_length=1, description="Redis hash of the latest drift result")
+    DRIFT_STATE_FILE: str = Field("outputs/drift/latest.json", description="the same result as a file, read when Redis is not configured")
+    DRIFT_WINDOW: int = Field(1000, ge=1, description="latest requests the drift job compares with the training reference")
+    DRIFT_MIN_SAMPLES: int = Field(200, ge=10, description="fewer current rows than this: not enough data, no test")
+    DRIFT_P_VAL: float = Field(0.01, gt=0, lt=1, description="family-wise false-alarm rate of one drift run")
 
     @property
     def model_family(self) -> str:

@@ -122,7 +122,9 @@ def stage_run(
     nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     configure_mlflow(settings)
-    run_id = os.environ.get("MLFLOW_RUN_ID") if not nested else None
+    # taken out of the environment (as mlflow.start_run does when it reads it itself): left there,
+    # a later start_run(nested=True) in this stage would resume this run instead of a child
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None) if not nested else None
     with mlflow.start_run(run_id=run_id, run_name=run_name or stage, nested=nested) as run:
         mlflow.set_tags(
             {

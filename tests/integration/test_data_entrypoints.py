@@ -28,7 +28,8 @@ def mlflow_run(entry: str, params: dict, env: dict) -> subprocess.CompletedProce
 def run_pipeline(uri: str, data_dir: Path, artifact_root: Path) -> dict[str, mlflow.entities.Run]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ARTIFACT_ROOT": str(artifact_root),
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)  # `mlflow run` refuses an experiment id beside --experiment-name
     subprocess.run([sys.executable, "-m", "playlistai.tracking"], cwd=REPO, env=env, check=True, capture_output=True)
     for entry, params in (("data", {"size": "tiny", "seed": 3}), ("preprocess", {}), ("splits", {})):
         proc = mlflow_run(entry, {"data_dir": data_dir, **params}, env)
