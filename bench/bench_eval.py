@@ -43,17 +43,11 @@ def ensure_data(size: str, data_dir: Path) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
         os.environ["MLFLOW_ARTIFACT_ROOT"] = f"{store}/mlartifacts"
         from playlistai.config import get_settings
-        from playlistai.data.stages import run_data, run_preprocess, run_splits
-        from playlistai.tracking import stage_run
+        from playlistai.data.stages import ensure_synthetic_dataset
 
         get_settings.cache_clear()
         t0 = time.perf_counter()
-        with stage_run("data", {"size": size}):
-            run_data(data_dir, size=size, seed=42)
-        with stage_run("preprocess", {}):
-            run_preprocess(data_dir)
-        with stage_run("splits", {}):
-            run_splits(data_dir)
+        ensure_synthetic_dataset(data_dir, size)
         print(f"bench-eval: built {size} data in {time.perf_counter() - t0:.0f}s -> {data_dir}", file=sys.stderr)
 
 

@@ -87,16 +87,10 @@ def ensure_data(size: str, data_dir: Path) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-serve-mlflow-") as store:
         use_throwaway_store(Path(store))
-        from playlistai.data.stages import run_data, run_preprocess, run_splits
-        from playlistai.tracking import stage_run
+        from playlistai.data.stages import ensure_synthetic_dataset
 
         started = time.perf_counter()
-        with stage_run("data", {"size": size}):
-            run_data(data_dir, size=size, seed=42)
-        with stage_run("preprocess", {}):
-            run_preprocess(data_dir)
-        with stage_run("splits", {}):
-            run_splits(data_dir)
+        ensure_synthetic_dataset(data_dir, size)
         log(f"built {size} data in {time.perf_counter() - started:.0f} s -> {data_dir}")
 
 

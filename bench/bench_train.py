@@ -28,21 +28,11 @@ sys.path.insert(0, str(REPO))
 
 
 def ensure_data(size: str, data_dir: Path) -> None:
-    from playlistai.data.layout import DataLayout
-
-    if DataLayout.of(data_dir).vocab.exists():
-        return
-    from playlistai.data.stages import run_data, run_preprocess, run_splits
-    from playlistai.tracking import stage_run
+    from playlistai.data.stages import ensure_synthetic_dataset
 
     t0 = time.perf_counter()
-    with stage_run("data", {"size": size}):
-        run_data(data_dir, size=size, seed=42)
-    with stage_run("preprocess", {}):
-        run_preprocess(data_dir)
-    with stage_run("splits", {}):
-        run_splits(data_dir)
-    print(f"bench-train: built {size} data in {time.perf_counter() - t0:.0f}s -> {data_dir}", file=sys.stderr)
+    if ensure_synthetic_dataset(data_dir, size):
+        print(f"bench-train: built {size} data in {time.perf_counter() - t0:.0f}s -> {data_dir}", file=sys.stderr)
 
 
 def main() -> None:

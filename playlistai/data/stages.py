@@ -168,3 +168,25 @@ def run_splits(
         "plots/train_split.png",
     )
     return metrics
+
+
+def ensure_synthetic_dataset(data_dir: str | Path, size: str, seed: int = 42) -> bool:
+    """data -> preprocess -> splits on synthetic data unless `data_dir` already has splits.
+
+    For benchmarks and fixtures; each stage logs to its own run in the current MLflow store. The
+    `large` preset exists to measure scale, so every track played in its training period gets an
+    index (a catalog of over 200k tracks) instead of only those played VOCAB_MIN_FREQ times.
+    Returns True when it built the data.
+    """
+    from playlistai.tracking import stage_run
+
+    if DataLayout.of(data_dir).vocab.exists():
+        return False
+    vocab_min_freq = 1 if size == "large" else 5
+    with stage_run("data", {"size": size, "seed": seed}):
+        run_data(data_dir, size=size, seed=seed, vocab_min_freq=vocab_min_freq)
+    with stage_run("preprocess", {}):
+        run_preprocess(data_dir)
+    with stage_run("splits", {"vocab_min_freq": vocab_min_freq}):
+        run_splits(data_dir, vocab_min_freq=vocab_min_freq)
+    return True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +13,6 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:        # the apps (serving/, monitoring/) run from the repo root
-    sys.path.insert(0, str(REPO))
 
 MONITORING_MODEL = "monitoring-tiny"
 

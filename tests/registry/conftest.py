@@ -16,8 +16,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 TINY_MAIN_PARAMS = {
     "size": "tiny", "seed": 7, "models": "sasrec,gru4rec", "epochs": 2, "d_model": 32,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -21,8 +20,6 @@ from fastapi.testclient import TestClient
 from playlistai.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:        # the apps (serving/) run from the repo root, not installed
-    sys.path.insert(0, str(REPO))
 
 
 @dataclass
