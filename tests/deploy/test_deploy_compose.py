@@ -111,7 +111,7 @@ def bind_mounts(compose) -> dict[tuple[str, str], Path]:
 
 
 def test_bind_mounts_point_at_the_repository_monitoring_config(compose):
-    """Prometheus and Grafana get the repository's monitoring config (monitoring/, issue 7)."""
+    """Prometheus and Grafana get the repository's monitoring config (monitoring/)."""
     mounts = bind_mounts(compose)
     assert mounts[("prometheus", "/etc/prometheus")] == REPO / "monitoring" / "prometheus"
     assert mounts[("grafana", "/etc/grafana/provisioning")] == REPO / "monitoring" / "grafana" / "provisioning"
