@@ -94,32 +94,20 @@ def parse_baselines(value: str | bool | Sequence[str]) -> list[str]:
 # -- the model under evaluation -------------------------------------------------------------------
 
 
-def _checkpoint_dir(root: Path) -> Path:
-    """A downloaded artifact tree may hold the checkpoint at its root or below (a pyfunc model)."""
-    from playlistai.training.checkpoint import MODEL_FILE
-
-    if (root / MODEL_FILE).is_file():
-        return root
-    found = sorted(p.parent for p in root.rglob(MODEL_FILE))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint ({MODEL_FILE}) found under {root}")
-    return found[0]
-
-
 def load_model(model_uri: str, download_dir: Path):
     """(model, vocab, config) from a checkpoint directory, `runs:/<id>/checkpoint` or `models:/...`."""
-    from playlistai.training.checkpoint import load_checkpoint
+    from playlistai.training.checkpoint import find_checkpoint_dir, load_checkpoint
 
     local = Path(model_uri)
     if "://" not in model_uri and ":/" not in model_uri:
         if not local.exists():
             raise FileNotFoundError(f"model_uri {model_uri!r}: no such checkpoint directory")
-        return load_checkpoint(_checkpoint_dir(local))
+        return load_checkpoint(find_checkpoint_dir(local))
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir))
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"model_uri {model_uri!r} could not be downloaded: {exc.message}") from None
-    return load_checkpoint(_checkpoint_dir(Path(path)))
+    return load_checkpoint(find_checkpoint_dir(Path(path)))
 
 
 def model_row_name(model_config: Mapping, taken: set[str]) -> str:

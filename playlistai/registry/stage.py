@@ -27,17 +27,7 @@ from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
 from playlistai.registry.pyfunc import load_recommender, log_package_model
 from playlistai.tracking import files_hash, git_commit
-from playlistai.training.checkpoint import MODEL_FILE
-
-
-def _checkpoint_dir(root: Path) -> Path:
-    """A downloaded artifact tree holds the checkpoint at its root or one level below."""
-    if (root / MODEL_FILE).is_file():
-        return root
-    found = sorted(p.parent for p in root.rglob(MODEL_FILE))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint ({MODEL_FILE}) under {root}")
-    return found[0]
+from playlistai.training.checkpoint import find_checkpoint_dir
 
 
 def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
@@ -46,12 +36,12 @@ def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
         path = Path(uri)
         if not path.exists():
             raise FileNotFoundError(f"model_uri {uri!r}: no such checkpoint directory")
-        return _checkpoint_dir(path)
+        return find_checkpoint_dir(path)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"cannot download the checkpoint {uri!r}: {exc.message}") from None
-    return _checkpoint_dir(Path(local))
+    return find_checkpoint_dir(Path(local))
 
 
 def data_hash(data_dir: Path) -> str:

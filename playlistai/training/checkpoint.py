@@ -57,6 +57,17 @@ def save_checkpoint(
     return directory
 
 
+def find_checkpoint_dir(root: str | Path) -> Path:
+    """A downloaded artifact tree holds the checkpoint at its root or below (inside a pyfunc model)."""
+    root = Path(root)
+    if (root / MODEL_FILE).is_file():
+        return root
+    found = sorted(p.parent for p in root.rglob(MODEL_FILE))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint ({MODEL_FILE}) found under {root}")
+    return found[0]
+
+
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu"):
     """-> (model in eval mode, vocabulary, config dict). Raises CheckpointError naming the bad file."""
     directory = Path(directory)
