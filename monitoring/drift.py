@@ -103,25 +103,23 @@ def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, p_val: float = 
     cat = [f for f in features if f in CATEGORICAL]
     per_feature = p_val / len(features)
     # each detector corrects over its own features; scale its level so the threshold is per_feature
-    if cont:
-        ks = KSDrift(reference[cont].to_numpy(np.float32), p_val=per_feature * len(cont), correction="bonferroni")
-        pred = ks.predict(current[cont].to_numpy(np.float32), return_p_val=True)["data"]
-        for f, p in zip(cont, np.atleast_1d(pred["p_val"]), strict=True):
+    def run(name: str, detector, columns: list[str], dtype) -> None:
+        pred = detector.predict(current[columns].to_numpy(dtype), return_p_val=True)["data"]
+        for f, p in zip(columns, np.atleast_1d(pred["p_val"]), strict=True):
             result.p_values[f] = float(p)
             result.thresholds[f] = per_feature
         result.drift_detected |= bool(pred["is_drift"])
-        result.detectors["ks"] = ks
+        result.detectors[name] = detector
+
+    if cont:
+        ks = KSDrift(reference[cont].to_numpy(np.float32), p_val=per_feature * len(cont), correction="bonferroni")
+        run("ks", ks, cont, np.float32)
     if cat:
         chi = ChiSquareDrift(
             reference[cat].to_numpy(np.int64), p_val=per_feature * len(cat), correction="bonferroni",
             categories_per_feature={i: CATEGORICAL[f] for i, f in enumerate(cat)},
         )
-        pred = chi.predict(current[cat].to_numpy(np.int64), return_p_val=True)["data"]
-        for f, p in zip(cat, np.atleast_1d(pred["p_val"]), strict=True):
-            result.p_values[f] = float(p)
-            result.thresholds[f] = per_feature
-        result.drift_detected |= bool(pred["is_drift"])
-        result.detectors["chi2"] = chi
+        run("chi2", chi, cat, np.int64)
     for f in features:
         if f in CATEGORICAL:
             result.psi[f] = psi_categorical(reference[f], current[f], CATEGORICAL[f])
