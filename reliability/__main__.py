@@ -1,0 +1,70 @@
+"""`make reliability`: every scenario against real local components, then a summary and RELIABILITY.md.
+
+    python -m reliability [--profile full|short] [--only sustained_load,redis_faults] [--report RELIABILITY.md]
+
+Ends with the line `N passed, N failed` and a table of figures; exits 1 when a scenario failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from reliability.core import PROFILES, markdown_report, summary_line, write_report
+from reliability.scenarios import MODULES, load
+from reliability.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios of: {', '.join(MODULES)}")
+    parser.add_argument("--data-root", default=str(REPO / "data" / "reliability"))
+    parser.add_argument("--report", default=str(REPO / "RELIABILITY.md"), help="'' writes no report")
+    parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, store) for a look")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s reliability: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or MODULES
+    unknown = sorted(set(names) - set(MODULES))
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+
+    profile = PROFILES[args.profile]
+    root = Path(tempfile.mkdtemp(prefix="playlistai-reliability-"))
+    workspace = Workspace(profile, root, Path(args.data_root))
+    results = []
+    try:
+        for name in names:
+            results.append(load(name).run(workspace))
+    finally:
+        workspace.close()
+        if args.keep:
+            print(f"run folder kept: {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    command = "make reliability" if args.profile == "full" and not args.only else \
+        "python -m reliability " + " ".join(a for a in (argv or sys.argv[1:]))
+    report = markdown_report(results, profile, command.strip())
+    if args.report:
+        write_report(Path(args.report), report)
+    print(report)
+    for r in results:
+        for failure in r.failures():
+            print(f"FAILED {r.key}. {r.title}: {failure}")
+    print(summary_line(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
