@@ -8,6 +8,7 @@ Ends with the line `N passed, N failed` and a table of figures; exits 1 when a s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated scenarios of: {', '.join(MODULES)}")
     parser.add_argument("--data-root", default=str(REPO / "data" / "reliability"))
     parser.add_argument("--report", default=str(REPO / "RELIABILITY.md"), help="'' writes no report")
+    parser.add_argument("--json", default="", help="also write every result, check and figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, store) for a look")
     args = parser.parse_args(argv)
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown_report(results, profile, command.strip())
     if args.report:
         write_report(Path(args.report), report)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2, default=str))
     print(report)
     for r in results:
         for failure in r.failures():

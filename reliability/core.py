@@ -78,6 +78,11 @@ class ScenarioResult:
     def passed(self) -> bool:
         return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
 
+    def as_dict(self) -> dict:
+        return {"key": self.key, "title": self.title, "passed": self.passed, "error": self.error,
+                "duration_s": self.duration_s, "figures": self.figures,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks]}
+
     def failures(self) -> list[str]:
         out = [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
         if self.error:

@@ -136,12 +136,12 @@ class Workspace:
 
     # -- processes -------------------------------------------------------------------------------
     def redis(self) -> RedisServer:
-        return self._track(RedisServer().start())
+        return self.track(RedisServer().start())
 
     def mlflow_server(self, backend_uri: str | None = None, start: bool = True) -> MlflowServer:
         server = MlflowServer(backend_uri or self.tracking_uri, self.root / "served-artifacts",
                               self.root / "mlflow-server.log")
-        self._track(server)
+        self.track(server)
         return server.start() if start else server
 
     def api(self, name: str, env: dict[str, str] | None = None, workers: int | None = None,
@@ -151,10 +151,11 @@ class Workspace:
                 "MODEL_ALIAS": ALIAS, "MODEL_POLL_S": str(self.profile.poll_s), "REDIS_URL": "",
                 "USE_FAISS": "false", "ADMIN_TOKEN": "reliability-admin-token"}
         server = ApiServer({**base, **(env or {})}, self.root, workers or self.profile.workers, name)
-        self._track(server)
+        self.track(server)
         return server.start(wait_ready_s)
 
-    def _track(self, component):
+    def track(self, component):
+        """Stop `component` (anything with `stop()`) when the workspace closes."""
         self._components.append(component)
         return component
 
