@@ -155,3 +155,14 @@ drift: $(STAMP)
 monitoring-check:
 	promtool check config monitoring/prometheus/prometheus.yml
 	promtool check rules monitoring/prometheus/alerts.yml
+
+# -- reliability (RELIABILITY.md): load, faults and bad input against real local components (the API
+# under gunicorn, Redis, MLflow store and server, PostgreSQL, the entry points). Ends with
+# `N passed, N failed`, a table of figures, and rewrites RELIABILITY.md's results. About 15 minutes.
+# `make reliability RELIABILITY_ARGS="--only redis_faults,model_rollout"` runs some; `--profile short` is the CI size.
+RELIABILITY_ARGS ?=
+.PHONY: reliability
+
+reliability: $(STAMP)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PY) -m reliability --profile full $(RELIABILITY_ARGS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,19 @@ from reliability.scenarios import MODULES, load
 from reliability.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def quiet_libraries() -> None:
+    """The suite's own log says what happens; MLflow's progress bars and advice would bury it."""
+    import warnings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock", "faiss", "matplotlib", "ray"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s reliability: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     names = [n.strip() for n in args.only.split(",") if n.strip()] or MODULES
     unknown = sorted(set(names) - set(MODULES))
     if unknown:
