@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     API_HOST: str = "127.0.0.1"
     MODEL_URI: str | None = Field(None, description="serve this model URI or local path instead of the alias")
     MODEL_POLL_S: float = Field(30, gt=0, description="seconds between checks of the served alias")
+    TRACKING_TIMEOUT_S: float = Field(10, gt=0, le=600, description="seconds one call of the API to the tracking "
+                                      "store may take (its MLFLOW_HTTP_REQUEST_TIMEOUT unless that is set)")
+    TRACKING_MAX_RETRIES: int = Field(1, ge=0, le=5, description="retries of one call of the API to the tracking "
+                                      "store (its MLFLOW_HTTP_REQUEST_MAX_RETRIES unless that is set); the model "
+                                      "poller retries on its own, with back-off")
     ADMIN_TOKEN: SecretStr | None = Field(None, description="bearer token of /admin/reload; unset disables it")
     CACHE_TTL_S: int = Field(300, ge=1)
     REDIS_TIMEOUT_MS: float = Field(5, gt=0, le=10_000, description="Redis socket timeout before falling back")

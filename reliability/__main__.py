@@ -8,6 +8,7 @@ Ends with the line `N passed, N failed` and a table of figures; exits 1 when a s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--only", default="", help=f"comma-separated scenarios of: {', '.join(MODULES)}")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="requests/s of the load generator (default: the profile's; see RELIABILITY.md)")
+    parser.add_argument("--sustained-s", type=float, default=None, help="length of the sustained-load run")
     parser.add_argument("--data-root", default=str(REPO / "data" / "reliability"))
     parser.add_argument("--report", default=str(REPO / "RELIABILITY.md"), help="'' writes no report")
     parser.add_argument("--json", default="", help="also write every result, check and figure to this JSON file")
@@ -55,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     profile = PROFILES[args.profile]
+    if args.rate is not None:
+        profile = dataclasses.replace(profile, rate_rps=args.rate)
+    if args.sustained_s is not None:
+        profile = dataclasses.replace(profile, sustained_s=args.sustained_s,
+                                      warmup_s=min(profile.warmup_s, args.sustained_s / 5))
     root = Path(tempfile.mkdtemp(prefix="playlistai-reliability-"))
     workspace = Workspace(profile, root, Path(args.data_root))
     results = []

@@ -185,7 +185,8 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
              "--serve-artifacts", "--artifacts-destination", str(self.artifacts_dir),
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+            start_new_session=True)
         log.close()
 
         def healthy() -> bool:
@@ -197,8 +198,14 @@ class MlflowServer:
         return self
 
     def stop(self) -> None:
-        # the server runs uvicorn under a supervisor: end the whole group of processes
-        stop_process(self.process)
+        """SIGKILL to the whole process group (the server runs uvicorn workers under a supervisor):
+        the port closes at once, as when the host dies, and a restart finds it free."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=10)
         self.process = None
 
 

@@ -43,7 +43,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", size="default", model_d=256, sustained_s=300, warmup_s=60, rate_rps=200, clients=8,
+    "full": Profile("full", size="default", model_d=256, sustained_s=300, warmup_s=60, rate_rps=200, clients=16,
                     fault_s=10, poll_s=2.0, fuzz_requests=10_000, train_epochs=4),
     "short": Profile("short", size="tiny", model_d=32, sustained_s=12, warmup_s=4, rate_rps=60, clients=4,
                      fault_s=3, poll_s=1.0, fuzz_requests=1_000, train_epochs=3, enforce_latency=False),

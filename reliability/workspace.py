@@ -125,10 +125,8 @@ class Workspace:
         from urllib.parse import urlparse
 
         source = self.client.get_model_version(MODEL_NAME, version).source
-        if source.startswith("models:/"):
-            from mlflow.store.artifact.models_artifact_repository import ModelsArtifactRepository
-
-            source = ModelsArtifactRepository.get_underlying_uri(source)
+        if source.startswith("models:/"):     # MLflow 3 registers a logged model: its artifacts are elsewhere
+            source = self.client.get_logged_model(source[len("models:/"):]).artifact_location
         path = Path(urlparse(source).path) if source.startswith("file:") else Path(source)
         if not path.is_dir():
             raise RuntimeError(f"version {version}'s artifacts are not a local folder: {source}")

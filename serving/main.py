@@ -3,9 +3,10 @@
     uvicorn serving.main:app --port 8088                                   # make api
     gunicorn serving.main:app -c serving/gunicorn_conf.py                   # production
 
-The lifespan loads the model before the first request (a failure leaves the service up, reporting
-why on /healthz and answering /continue with 503), connects the cache, and starts the poller that
-hot-reloads the alias every MODEL_POLL_S.
+The lifespan bounds the calls to the tracking store (TRACKING_TIMEOUT_S, TRACKING_MAX_RETRIES),
+loads the model before the first request (a failure leaves the service up, reporting why on /healthz
+and /readyz and answering /continue with 503, while the poller retries with back-off), connects the
+cache, and starts the poller that hot-reloads the alias every MODEL_POLL_S.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 
 import playlistai
 from playlistai.config import Settings, get_settings
-from serving import traffic
+from serving import model_store, traffic
 from serving.api.deps import Service
 from serving.api.routes import api_router
 from serving.cache import ResponseCache
@@ -33,7 +34,9 @@ from serving.model_store import (
     ModelSource,
     ModelStore,
     configure_inference_threads,
+    configure_tracking_client,
     default_loader,
+    display_uri,
     mlflow_alias_resolver,
 )
 
@@ -46,7 +49,7 @@ def configure_logging() -> None:
     """uvicorn and gunicorn configure their own loggers only; give the app's a handler too."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
 def create_app(
@@ -64,11 +67,16 @@ def create_app(
         if loader is None:
             threads = configure_inference_threads(settings)
             log.info("inference uses %d thread(s) per worker", threads)
+        if (loader is None or alias_resolver is None) and settings.MLFLOW_TRACKING_URI.startswith(("http:", "https:")):
+            timeout_s, retries = configure_tracking_client(settings)
+            log.info("calls to the tracking store %s: %g s timeout, %d retr%s", display_uri(settings.MLFLOW_TRACKING_URI),
+                     timeout_s, retries, "y" if retries == 1 else "ies")
         store = ModelStore(
             ModelSource.from_settings(settings),
             loader or default_loader(settings.MLFLOW_TRACKING_URI),
             alias_resolver or mlflow_alias_resolver(settings.MLFLOW_TRACKING_URI),
             model_alias_label=settings.MODEL_ALIAS,
+            tracking_uri=settings.MLFLOW_TRACKING_URI,
         )
         cache = ResponseCache(settings.REDIS_URL or None, settings.CACHE_TTL_S, settings.REDIS_TIMEOUT_MS,
                               settings.LOCAL_CACHE_MAX_ITEMS)
@@ -77,11 +85,13 @@ def create_app(
         await traffic.start(settings)      # drift feature rows to Redis; the drift state for /metrics
         # the first model is awaited, so that the first request finds it; a tracking store that
         # does not answer cannot hold the start back for longer than STARTUP_MODEL_WAIT_S
-        first_check = asyncio.create_task(store.check(), name="first-model-check")
+        first_check = asyncio.create_task(store.check(quiet=True), name="first-model-check")
         try:
             result = await asyncio.wait_for(asyncio.shield(first_check), STARTUP_MODEL_WAIT_S)
             if result.outcome == "failed":
-                log.error("starting without a model: %s (retrying in the background)", result.error)
+                first_retry_s = min(model_store.MISSING_MODEL_FIRST_RETRY_S, settings.MODEL_POLL_S)
+                log.error("starting without a model: %s; next try in %g s, then with back-off up to every %g s",
+                          result.error, first_retry_s, settings.MODEL_POLL_S)
         except TimeoutError:
             log.warning("no model after %d s: serving 503 until it is loaded", STARTUP_MODEL_WAIT_S)
         poller = asyncio.create_task(store.poll_forever(settings.MODEL_POLL_S), name="model-poller")

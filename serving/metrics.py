@@ -102,6 +102,10 @@ MODEL_INFO = Gauge(
 MODEL_RELOADS_TOTAL = Counter(
     "model_reloads", "Checks of the served alias, by outcome (loaded, unchanged, failed)", ["outcome"],
 )
+MODEL_LOAD_SECONDS = Histogram(
+    "model_load_seconds", "Time of each successful model load: download, file checks and warm-up, in seconds",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+)
 
 
 def multiprocess_enabled() -> bool:

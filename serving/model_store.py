@@ -6,7 +6,15 @@ cannot mix versions), warms it up with one request of each kind, and only then s
 single reference assignment. A request reads `store.current` once and keeps that model until it
 answers, so requests in flight finish on the old model. A failed check or load leaves the old model
 serving, is counted in `model_reloads_total{outcome="failed"}` and `errors_total`, and is reported
-by `/healthz` until a later check succeeds.
+by `/healthz` until a later check succeeds. Each successful load's seconds (download, checks,
+warm-up) go to `model_load_seconds`.
+
+A version that failed to load (missing artifact, corrupt file, vocabulary that does not match the
+weights) is not downloaded again by the poller for FAILED_VERSION_RETRY_S while the alias keeps
+naming it; `/admin/reload` retries it at once. A tracking store that cannot be reached is named as
+such in the error ("cannot reach the tracking store at ..."), and never marks a version as bad.
+Without a model, the poller retries with back-off (1 s, doubling up to the poll interval) and logs
+each failure with the delay before its next try.
 
 Resolution and loading run in worker threads (`asyncio.to_thread`), never on the request path.
 """
@@ -18,19 +26,28 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from serving.metrics import ERRORS_TOTAL, MODEL_LOADED, MODEL_RELOADS_TOTAL, set_model_info
+from serving.metrics import (
+    ERRORS_TOTAL,
+    MODEL_LOAD_SECONDS,
+    MODEL_LOADED,
+    MODEL_RELOADS_TOTAL,
+    set_model_info,
+)
 
 log = logging.getLogger(__name__)
 
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 MISSING_MODEL_FIRST_RETRY_S = 1.0
+FAILED_VERSION_RETRY_S = 300.0   # the poller downloads a version that failed to load again after this
 
 Loader = Callable[[str], Any]                  # load URI -> Recommender
 AliasResolver = Callable[[str, str], str]      # (registered name, alias) -> version
@@ -82,6 +99,68 @@ class CheckResult:
     def as_dict(self) -> dict:
         return {"outcome": self.outcome, "model_version": self.model_version,
                 "previous_version": self.previous_version, "error": self.error}
+
+
+def configure_tracking_client(settings) -> tuple[float, int]:
+    """Bound each call of this process to the tracking store: TRACKING_TIMEOUT_S and
+    TRACKING_MAX_RETRIES become MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES, unless those
+    are set already. MLflow's own defaults (120 s, 7 retries with exponential back-off) would hold
+    one check of an unreachable store for minutes; the model poller retries by itself instead."""
+    timeout = os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{settings.TRACKING_TIMEOUT_S:g}")
+    retries = os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.TRACKING_MAX_RETRIES))
+    return float(timeout), int(retries)
+
+
+def display_uri(uri: str | None) -> str:
+    """A tracking URI fit for a log or /healthz: no user name or password."""
+    if not uri:
+        return "(not configured)"
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+
+
+def _network_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(errors that mean "not reachable", the subset that means "too slow")."""
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import Timeout as RequestsTimeout
+    except ImportError:
+        return (ConnectionError, TimeoutError), (TimeoutError,)
+    return (RequestsConnectionError, RequestsTimeout, ConnectionError, TimeoutError), (RequestsTimeout, TimeoutError)
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why the tracking store could not be reached ("connection refused", "timed out", ...), or None
+    when `exc` is some other failure. MLflow wraps the network error of `requests` in an
+    MlflowException; the original is found in the exception's chain."""
+    network, timeouts = _network_error_types()
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, network):
+            text = str(current)
+            if match := _ERRNO_TEXT.search(text):
+                return match[1].strip().lower()
+            if isinstance(current, timeouts) or "timed out" in text.lower():
+                return "timed out"
+            return f"{type(current).__name__}: {text}"[:200]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _is_package_error(exc: BaseException) -> bool:
+    """A ModelPackageError (its message names the file at fault), without importing the inference
+    code where no real model was ever loaded."""
+    package = sys.modules.get("playlistai.inference.package")
+    return package is not None and isinstance(exc, package.ModelPackageError)
 
 
 def mlflow_alias_resolver(tracking_uri: str) -> AliasResolver:
@@ -146,6 +225,13 @@ def warm_up(recommender) -> None:
     recommender.recommend(track_ids, 10, 12, 3, use_ann=True)
 
 
+@dataclass(frozen=True)
+class _FailedLoad:
+    load_uri: str
+    message: str
+    retry_at: float              # time.monotonic() after which the poller downloads it again
+
+
 class ModelStore:
     def __init__(
         self,
@@ -153,14 +239,17 @@ class ModelStore:
         loader: Loader,
         alias_resolver: AliasResolver | None = None,
         model_alias_label: str = "",
+        tracking_uri: str | None = None,
     ) -> None:
         self.source = source
         self._load = loader
         self._resolve_alias = alias_resolver
         self.alias_label = source.alias or model_alias_label
+        self.tracking_uri = tracking_uri      # named in the errors when the store cannot be reached
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.last_check_at: float | None = None
+        self._failed_load: _FailedLoad | None = None
         self._lock = asyncio.Lock()
         MODEL_LOADED.set(0)
 
@@ -185,8 +274,17 @@ class ModelStore:
         warm_up(recommender)
         return recommender
 
-    async def check(self) -> CheckResult:
-        """Resolve the source; when it names a model other than the one serving, load and swap it."""
+    def _unreachable(self, why: str, what: str) -> str:
+        return f"cannot reach the tracking store at {display_uri(self.tracking_uri)} ({why}) to {what}"
+
+    async def check(self, *, polled: bool = False, quiet: bool | None = None) -> CheckResult:
+        """Resolve the source; when it names a model other than the one serving, load and swap it.
+
+        `polled`: a check of the poller, which does not download again a version that failed to load
+        less than FAILED_VERSION_RETRY_S ago. Other checks (start-up, /admin/reload) always try.
+        `quiet`: the caller logs a failure itself, with the time of its next try (by default, the
+        poller does; other failures are logged here)."""
+        quiet = polled if quiet is None else quiet
         async with self._lock:
             self.last_check_at = time.time()
             previous = self.current
@@ -194,24 +292,41 @@ class ModelStore:
             try:
                 version, load_uri = await asyncio.to_thread(self._target)
             except Exception as exc:  # the tracking store is down, the alias is gone, ...
-                return self._failed(f"cannot resolve {self.source.uri}: {type(exc).__name__}: {exc}",
-                                    previous_version, kind="model_resolve")
+                why = unreachable_reason(exc)
+                message = (self._unreachable(why, f"resolve {self.source.uri}") if why is not None
+                           else f"cannot resolve {self.source.uri}: {type(exc).__name__}: {exc}")
+                return self._failed(message, previous_version, kind="model_resolve", quiet=quiet)
 
             if previous is not None and version is not None and version == previous.version:
                 self.last_error = None
+                self._failed_load = None
                 MODEL_RELOADS_TOTAL.labels(outcome="unchanged").inc()
                 return CheckResult("unchanged", version, previous_version)
 
+            failed = self._failed_load
+            if polled and failed is not None and failed.load_uri == load_uri and time.monotonic() < failed.retry_at:
+                # the alias still names the version that could not be loaded: report it again, without
+                # downloading it again (and without counting it again in errors_total)
+                self.last_error = failed.message
+                MODEL_RELOADS_TOTAL.labels(outcome="failed").inc()
+                return CheckResult("failed", previous_version, previous_version, failed.message)
+
+            label = f"version {version}" if version else load_uri
             started = time.perf_counter()
             try:
                 recommender = await asyncio.to_thread(self._load_and_warm, load_uri)
-            except Exception as exc:  # missing artifact, corrupt weights, vocabulary mismatch, ...
-                label = f"version {version}" if version else load_uri
-                log.exception("loading %s failed; %s", label,
-                              "the old model keeps serving" if previous else "no model is serving")
-                return self._failed(f"loading {label} failed: {type(exc).__name__}: {exc}",
-                                    previous_version, kind="model_load")
+            except Exception as exc:  # missing artifact, corrupt weights, vocabulary mismatch, store down, ...
+                why = unreachable_reason(exc)
+                if why is not None:   # the version may be fine: the next check tries it again
+                    message = self._unreachable(why, f"load {label}")
+                else:
+                    message = f"loading {label} failed: {type(exc).__name__}: {exc}"
+                    self._failed_load = _FailedLoad(load_uri, message, time.monotonic() + FAILED_VERSION_RETRY_S)
+                    if not _is_package_error(exc):   # not a known package problem: keep the trace
+                        log.error("loading %s raised", label, exc_info=exc)
+                return self._failed(message, previous_version, kind="model_load", quiet=quiet)
 
+            load_s = time.perf_counter() - started
             self.current = ServedModel(
                 recommender=recommender,
                 version=version or getattr(recommender, "model_version", None),
@@ -220,35 +335,50 @@ class ModelStore:
                 loaded_at=time.time(),
             )
             self.last_error = None
+            self._failed_load = None
             MODEL_RELOADS_TOTAL.labels(outcome="loaded").inc()
+            MODEL_LOAD_SECONDS.observe(load_s)
             MODEL_LOADED.set(1)
             set_model_info(self.current.version, self.alias_label, previous_version)
             log.info("serving %s (version %s, loaded in %.1f s; was %s)", load_uri, self.current.version,
-                     time.perf_counter() - started, previous_version)
+                     load_s, previous_version)
             return CheckResult("loaded", self.current.version, previous_version)
 
-    def _failed(self, message: str, previous_version: str | None, kind: str) -> CheckResult:
+    def _failed(self, message: str, previous_version: str | None, kind: str, quiet: bool = False) -> CheckResult:
         self.last_error = message
         MODEL_RELOADS_TOTAL.labels(outcome="failed").inc()
         ERRORS_TOTAL.labels(route="model_reload", kind=kind).inc()
-        log.warning("%s", message)
+        if not quiet:
+            log.warning("%s; %s", message, f"version {previous_version} keeps serving" if previous_version
+                        else "no model is serving")
         return CheckResult("failed", previous_version, previous_version, message)
 
     async def poll_forever(self, interval_s: float) -> None:
-        """Check the alias every `interval_s`; without a model, retry sooner with back-off."""
-        missing_delay = MISSING_MODEL_FIRST_RETRY_S
+        """Check the alias every `interval_s`. Without a model, retry sooner, with back-off: the first
+        retry after MISSING_MODEL_FIRST_RETRY_S, each next one twice as late, up to `interval_s`.
+        Every failed check is logged with the delay before the next one."""
+        retry_s = MISSING_MODEL_FIRST_RETRY_S
         while True:
             if self.current is None:
-                await asyncio.sleep(min(missing_delay, interval_s))
-                missing_delay = min(missing_delay * 2, max(interval_s, MISSING_MODEL_FIRST_RETRY_S))
+                delay = min(retry_s, interval_s)
+                retry_s = min(retry_s * 2, max(interval_s, MISSING_MODEL_FIRST_RETRY_S))
             else:
-                await asyncio.sleep(interval_s)
-                if not self.source.follows_alias:
-                    continue      # a pinned version or a path never changes by itself
+                delay, retry_s = interval_s, MISSING_MODEL_FIRST_RETRY_S
+            await asyncio.sleep(delay)
+            if self.current is not None and not self.source.follows_alias:
+                continue      # a pinned version or a path never changes by itself
             try:
-                await self.check()
+                result = await self.check(polled=True)
             except Exception:     # never let the poller die
                 log.exception("model check failed unexpectedly")
+                continue
+            if result.outcome != "failed":
+                continue
+            if self.current is None:
+                log.warning("no model is serving: %s; next try in %g s", result.error, min(retry_s, interval_s))
+            else:
+                log.warning("%s; version %s keeps serving; next check in %g s", result.error,
+                            self.current.version, interval_s)
 
 
 INFERENCE_THREADS_ENV = "PLAYLISTAI_INFERENCE_THREADS"

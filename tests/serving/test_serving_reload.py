@@ -170,3 +170,116 @@ def test_a_slow_first_load_does_not_hold_the_start_back(make_client, fake_regist
     assert client.post("/continue", json={"tracks": ["t1"]}).status_code == 503
     assert wait_for(lambda: client.get("/healthz").json()["model_loaded"], timeout_s=5.0)
     assert continue_body(client)["model_version"] == "1"
+
+
+def metric_value(client, sample: str) -> float:
+    """The value of one sample line of /metrics (0 when absent)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def refused_by_mlflow(url="http://127.0.0.1:5999/api/2.0/mlflow/registered-models/alias"):
+    """What MLflow raises for a server that is down: its exception, with the network error as context."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        try:
+            raise requests.exceptions.ConnectionError(
+                "HTTPConnectionPool(host='127.0.0.1', port=5999): Max retries exceeded (Caused by "
+                "NewConnectionError('<HTTPConnection>: Failed to establish a new connection: "
+                "[Errno 111] Connection refused'))")
+        except requests.exceptions.ConnectionError as exc:
+            raise MlflowException(f"API request to {url} failed with exception {exc}")   # noqa: B904 (as MLflow does)
+    except MlflowException as wrapped:
+        return wrapped
+
+
+def test_an_unreachable_tracking_store_is_named_in_the_reason(make_client, fake_registry):
+    from serving.model_store import display_uri, unreachable_reason
+
+    assert unreachable_reason(refused_by_mlflow()) == "connection refused"
+    assert unreachable_reason(ValueError("alias not found")) is None
+    assert display_uri("http://user:secret@tracking:5000/x") == "http://tracking:5000/x"
+
+    fake_registry.resolve_error = refused_by_mlflow()
+    client = make_client(MLFLOW_TRACKING_URI="http://127.0.0.1:5999")
+    readiness = client.get("/readyz")
+    assert readiness.status_code == 503
+    assert readiness.json()["detail"] == ("not ready: cannot reach the tracking store at http://127.0.0.1:5999 "
+                                          "(connection refused) to resolve models:/playlistai@production")
+    assert client.get("/healthz").json()["status"] == "unavailable"
+
+
+def test_without_a_model_the_poller_retries_with_back_off(make_client, fake_registry, monkeypatch, caplog):
+    import serving.model_store
+
+    monkeypatch.setattr(serving.model_store, "MISSING_MODEL_FIRST_RETRY_S", 0.05)
+    fake_registry.resolve_error = ConnectionError("tracking server unreachable")
+    with caplog.at_level("WARNING", logger="serving.model_store"):
+        client = make_client(MODEL_POLL_S=0.2)
+        assert wait_for(lambda: sum("next try in" in r.getMessage() for r in caplog.records) >= 4, timeout_s=5.0)
+    delays = [float(r.getMessage().split("next try in ")[1].split(" s")[0])
+              for r in caplog.records if "next try in" in r.getMessage()]
+    assert delays[:4] == [0.05, 0.1, 0.2, 0.2]         # doubling from 0.05 s, up to the poll interval
+    assert "unreachable" in caplog.records[-1].getMessage()
+    fake_registry.resolve_error = None
+    assert wait_for(lambda: client.get("/readyz").status_code == 200, timeout_s=5.0)
+
+
+def test_the_poller_does_not_download_a_broken_version_again(make_client, fake_registry):
+    client = make_client(ADMIN_TOKEN="t0ken", MODEL_POLL_S=0.05)
+    errors_before = metric_value(client, 'errors_total{kind="model_load",route="model_reload"}')
+    fake_registry.fail_versions.add("2")
+    fake_registry.alias_version = "2"
+    assert wait_for(lambda: client.get("/healthz").json()["status"] == "degraded", timeout_s=3.0)
+    time.sleep(0.5)                                    # ten more polls
+    assert fake_registry.loads.count("models:/playlistai/2") == 1
+    assert metric_value(client, 'errors_total{kind="model_load",route="model_reload"}') == errors_before + 1
+    health = client.get("/healthz").json()
+    assert health["model_version"] == "1" and "model.pt" in health["reason"]
+
+    fake_registry.fail_versions.clear()                # repaired in place: /admin/reload tries it at once
+    assert client.post("/admin/reload", headers=ADMIN).json()["outcome"] == "loaded"
+    assert fake_registry.loads.count("models:/playlistai/2") == 2
+
+
+def test_a_load_cut_short_by_the_tracking_store_is_retried_at_the_next_poll(make_client, fake_registry):
+    load, attempts = fake_registry.load, []
+
+    def load_while_the_store_is_down(uri):
+        if uri.endswith("/2"):
+            attempts.append(uri)
+            if len(attempts) == 1:
+                raise refused_by_mlflow()
+        return load(uri)
+
+    fake_registry.load = load_while_the_store_is_down
+    client = make_client(MODEL_POLL_S=0.05)
+    fake_registry.alias_version = "2"
+    assert wait_for(lambda: client.get("/healthz").json()["model_version"] == "2", timeout_s=3.0)
+    assert attempts == ["models:/playlistai/2", "models:/playlistai/2"]
+
+
+def test_each_load_is_timed_in_model_load_seconds(make_client, fake_registry):
+    client = make_client(ADMIN_TOKEN="t0ken")
+    loads_before = metric_value(client, "model_load_seconds_count")
+    fake_registry.alias_version = "2"
+    assert client.post("/admin/reload", headers=ADMIN).json()["outcome"] == "loaded"
+    assert metric_value(client, "model_load_seconds_count") == loads_before + 1
+    assert metric_value(client, "model_load_seconds_sum") > 0
+
+
+def test_calls_to_the_tracking_store_are_bounded_unless_mlflow_is_configured(make_settings, monkeypatch):
+    from serving.model_store import configure_tracking_client
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    settings = make_settings(TRACKING_TIMEOUT_S=4, TRACKING_MAX_RETRIES=0)
+    assert configure_tracking_client(settings) == (4.0, 3)        # the operator's MLflow setting wins
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
