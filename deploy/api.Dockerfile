@@ -41,7 +41,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     API_HOST=0.0.0.0 \
     API_PORT=8088 \
     WEB_CONCURRENCY=2 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/playlistai-metrics
+    PROMETHEUS_MULTIPROC_DIR=/tmp/playlistai-metrics \
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 WORKDIR /app
 # The library is installed in /opt/venv; the app runs from /app (the repository layout).
 COPY serving ./serving

@@ -70,10 +70,23 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     return error_response(status, message, described)
 
 
+def describe_unparsable_body(cause: BaseException | None) -> str:
+    """Why a body that is not a JSON syntax error still could not be parsed (FastAPI's 400)."""
+    if isinstance(cause, RecursionError):
+        reason = "it is nested too deeply"
+    elif isinstance(cause, UnicodeError):
+        reason = "it is not UTF-8 text"
+    elif isinstance(cause, ValueError) and "digits" in str(cause):
+        reason = "a number in it has too many digits"
+    else:
+        reason = "it could not be parsed"
+    return f"malformed JSON body: {reason}"
+
+
 async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
     detail = exc.detail
     if exc.status_code == 400 and detail == FASTAPI_BODY_PARSE_ERROR:
-        detail = "malformed JSON body: it could not be parsed (nested too deeply?)"
+        detail = describe_unparsable_body(exc.__cause__)
     if exc.status_code >= 400 and exc.status_code != 404:
         ERRORS_TOTAL.labels(route=_route_of(request), kind=f"http_{exc.status_code}").inc()
     return error_response(exc.status_code, str(detail), headers=getattr(exc, "headers", None))

@@ -67,6 +67,9 @@ def create_app(
         if loader is None:
             threads = configure_inference_threads(settings)
             log.info("inference uses %d thread(s) per worker", threads)
+            # models are logged from code and loaded from their package (SHA-256 checked, weights
+            # read with weights_only=True): nothing here needs MLflow to unpickle, so it must not
+            os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         if (loader is None or alias_resolver is None) and settings.MLFLOW_TRACKING_URI.startswith(("http:", "https:")):
             timeout_s, retries = configure_tracking_client(settings)
             log.info("calls to the tracking store %s: %g s timeout, %d retr%s", display_uri(settings.MLFLOW_TRACKING_URI),

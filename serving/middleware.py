@@ -8,7 +8,7 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.metrics import REQUEST_DURATION_MS, REQUESTS_TOTAL
+from serving.metrics import ERRORS_TOTAL, REQUEST_DURATION_MS, REQUESTS_TOTAL
 
 UNMATCHED_ROUTE = "unmatched"     # 404s are not labelled by path, so a scan cannot blow up the series
 
@@ -61,7 +61,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
                 break
         received = 0
@@ -81,9 +81,36 @@ class BodySizeLimitMiddleware:
     def detail(self) -> str:
         return f"request body too large (limit {self.max_bytes} bytes)"
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        """413 before routing: the route is looked up here, so that the refusal is counted in
+        errors_total and requests_total under its route like the 4xx the handlers answer."""
+        path = _documented_route(scope)
+        if path is not None:
+            scope["route"] = RouteLabel(path)
+        ERRORS_TOTAL.labels(route=path or UNMATCHED_ROUTE, kind="http_413").inc()
         body = json.dumps({"detail": self.detail}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+class RouteLabel:
+    """Stands for the route of a request answered before routing (only its `path` is read)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _documented_route(scope: Scope) -> str | None:
+    """The path of the OpenAPI operation the request is for (exact path and method), or None.
+
+    The application's own OpenAPI document is the public list of its routes (built once, then cached)."""
+    openapi = getattr(scope.get("app"), "openapi", None)
+    if openapi is None:
+        return None
+    try:
+        operations = openapi().get("paths", {}).get(scope["path"], {})
+    except Exception:  # no document, no label: the request is counted as unmatched
+        return None
+    return scope["path"] if str(scope.get("method", "")).lower() in operations else None

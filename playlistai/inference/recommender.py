@@ -46,6 +46,9 @@ from playlistai.inference.popularity import ContextPopularity
 from playlistai.models import SequenceRecommender
 
 NEG_INF = float("-inf")
+# requests scored together by recommend_batch: one chunk's scores are BATCH_ROWS x catalog floats,
+# so a call over many requests (a pyfunc predict over a large DataFrame) holds one chunk at a time
+BATCH_ROWS = 64
 # a serving process has ~2 cores; more intra-op threads than cores only adds contention
 DEFAULT_THREADS = 2
 
@@ -179,7 +182,8 @@ class Recommender:
         max_per_artist: int | None = None,
         cand_topk: int = 500,
     ) -> list[Recommendation]:
-        """Many requests at once: one model forward and one matrix product for all of them."""
+        """Many requests at once: one model forward and one matrix product per BATCH_ROWS of them
+        (every request is checked before any is scored)."""
         n = len(tracks)
         ks = [k] * n if isinstance(k, int | np.integer) else list(k)
         if not (len(ks) == len(hours) == len(dows) == n):
@@ -191,7 +195,18 @@ class Recommender:
         if int(cand_topk) < 1:
             raise ValueError(f"cand_topk must be >= 1, got {cand_topk}")
         ks = [min(int(x), self.catalog_size) for x in ks]
+        tracks, hours, dows = list(tracks), list(hours), list(dows)
+        results: list[Recommendation] = []
+        for start in range(0, n, BATCH_ROWS):
+            end = start + BATCH_ROWS
+            results.extend(self._recommend_chunk(tracks[start:end], ks[start:end], hours[start:end], dows[start:end],
+                                                 use_ann, exclude_seen, max_per_artist, int(cand_topk)))
+        return results
 
+    def _recommend_chunk(self, tracks, ks, hours, dows, use_ann, exclude_seen, max_per_artist,
+                         cand_topk) -> list[Recommendation]:
+        """recommend_batch for checked requests, ks already capped at the catalog size."""
+        n = len(tracks)
         encoded = [self.vocab.encode([str(t) for t in row]) if len(row) else np.zeros(0, np.int64) for row in tracks]
         unknown = [list(dict.fromkeys(str(t) for t, i in zip(row, e, strict=True) if i == PAD))
                    for row, e in zip(tracks, encoded, strict=True)]
@@ -213,7 +228,7 @@ class Recommender:
             if use_ann:
                 exact_rows = []
                 ann_rows = self._ann_answers(queries, [ks[i] for i in warm], [seen[i] for i in warm],
-                                             max_per_artist, int(cand_topk))
+                                             max_per_artist, cand_topk)
                 for row, i in enumerate(warm):
                     if ann_rows[row] is None:
                         exact_rows.append(row)

@@ -7,7 +7,15 @@ builds a Recommender from the package artifact, and `predict` answers a DataFram
     output  track_ids (list[str]), scores (list[float]), unknown_tracks (list[str]), fallback (bool)
 
 Only the `playlistai` package (and its dependencies) must be installed where the model is loaded:
-the model stores no code, so what serves is always the installed, tested code.
+the model stores none of its code, so what serves is always the installed, tested code.
+
+Nothing is pickled. The model is logged "from code" (playlistai/registry/model_code.py, a file of
+three lines that names the installed `PlaylistAIModel`), not as a CloudPickle of the object, so
+loading a model can never run code hidden in a pickle. `load_recommender`, what the API and the promotion gate use,
+goes further: it reads the MLmodel file and builds the Recommender from the `package` artifact
+itself, so it runs no file of the model at all (a version logged before models-from-code, with a
+pickled `python_model`, loads the same way without being unpickled). The package's files are
+checked against its SHA-256 manifest, and the checkpoint is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from playlistai.inference.package import PACKAGE_ARTIFACT, ModelPackageError
 from playlistai.inference.recommender import Recommendation, Recommender
 
 MODEL_ARTIFACT_NAME = "model"
+MODEL_CODE_FILE = Path(__file__).with_name("model_code.py")      # what MLflow stores instead of a pickle
 OPTIONAL_DEFAULTS = {"use_ann": False, "exclude_seen": True, "max_per_artist": 0}
 # runtime dependencies of a loaded model, pinned to what packaged it
 RUNTIME_PACKAGES = ("torch", "faiss-cpu", "numpy", "pandas", "mlflow", "pydantic-settings")
@@ -131,7 +140,7 @@ def log_package_model(package_dir: str | Path, metadata: dict | None = None):
     recommender = Recommender.from_directory(package_dir)
     return mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT_NAME,
-        python_model=PlaylistAIModel(),
+        python_model=str(MODEL_CODE_FILE),
         artifacts={PACKAGE_ARTIFACT: str(package_dir)},
         signature=SIGNATURE,
         input_example=input_example(recommender),
@@ -145,24 +154,46 @@ def load_recommender(model_uri: str) -> Recommender:
 
     `model_version` is set when the URI names a registered version or alias. An alias is resolved
     to its version first, so the version reported is the one loaded even if the alias moves meanwhile.
+    The model's files are downloaded and only its `package` artifact is read (module docstring):
+    no file of the model is executed or unpickled.
     """
     version = registered_version(model_uri)
     if version is not None and "@" in model_uri:
         model_uri = f"models:/{model_uri[len('models:/'):].split('@', 1)[0]}/{version}"
     try:
-        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
-    except ModelPackageError:
-        raise
+        local = Path(model_uri) if Path(model_uri).is_dir() else \
+            Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except mlflow.exceptions.MlflowException as exc:
         raise ModelPackageError(f"cannot load model {model_uri!r}: {exc.message}") from None
     except OSError as exc:
         raise ModelPackageError(f"cannot load model {model_uri!r}: {exc}") from None
-    python_model = pyfunc_model.unwrap_python_model()
-    if not isinstance(python_model, PlaylistAIModel):
-        raise ModelPackageError(f"{model_uri!r} is not a PlayListAI model ({type(python_model).__name__})")
-    recommender = python_model.recommender
+    recommender = Recommender.from_directory(package_artifact_dir(local, model_uri))
     recommender.model_version = version
     return recommender
+
+
+def package_artifact_dir(model_dir: Path, model_uri: str = "") -> Path:
+    """The `package` artifact of a downloaded pyfunc model, as its MLmodel file names it (a folder
+    inside the model's own folder); a bare package folder is returned as it is."""
+    from mlflow.models import Model
+
+    model_dir = Path(model_dir)
+    where = model_uri or str(model_dir)
+    if not (model_dir / "MLmodel").is_file():
+        return model_dir                     # a package folder: Recommender.from_directory checks it
+    try:
+        flavor = Model.load(str(model_dir)).flavors.get("python_function") or {}
+    except Exception as exc:  # a corrupt MLmodel file: YAML or schema errors of any kind
+        raise ModelPackageError(f"{where!r}: its MLmodel file cannot be read: {exc}") from None
+    relative = ((flavor.get("artifacts") or {}).get(PACKAGE_ARTIFACT) or {}).get("path")
+    if not relative:
+        raise ModelPackageError(f"{where!r} is not a PlayListAI model: its MLmodel names no "
+                                f"`{PACKAGE_ARTIFACT}` artifact (the model package)")
+    root = model_dir.resolve()
+    package = (root / relative).resolve()
+    if not package.is_relative_to(root):
+        raise ModelPackageError(f"{where!r}: its `{PACKAGE_ARTIFACT}` artifact {relative!r} lies outside the model")
+    return package
 
 
 def registered_version(model_uri: str) -> str | None:
