@@ -6,13 +6,21 @@
   experiment with `./mlruns`, so `make` creates it first (`python -m playlistai.tracking`).
 - `stage_run` opens the run of one stage: under `mlflow run` it resumes the run the project
   launcher created (MLFLOW_RUN_ID), otherwise it starts one; it logs every param, tags the stage,
-  the git commit and the product version, and marks the run FAILED when the stage raises.
+  the git commit and the product version, and marks the run FAILED when the stage raises, with
+  the error (`ExceptionType: message`) in the run's `error` tag.
+- A process killed outright (SIGKILL, out of memory) cannot end its run, which would stay RUNNING
+  for ever. Every stage run is tagged with the process that runs it (`stage_process` =
+  `<host>:<pid>`), and each stage that starts ends the RUNNING runs of this host whose process is
+  gone as KILLED, with an `ended_by` tag (`close_abandoned_runs`); `train` with `resume_from` does
+  so for the run it resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +31,13 @@ import mlflow
 
 import playlistai
 from playlistai.config import Settings, get_settings
+from playlistai.data.layout import pid_alive
+
+log = logging.getLogger(__name__)
+ERROR_TAG = "error"
+PROCESS_TAG = "stage_process"
+ENDED_BY_TAG = "ended_by"
+MAX_TAG_CHARS = 5000
 
 
 def _is_local_store(uri: str) -> bool:
@@ -131,15 +146,75 @@ def stage_run(
                 "stage": stage,
                 "git_commit": git_commit(),
                 "playlistai_version": playlistai.__version__,
+                PROCESS_TAG: process_id(),
                 **(tags or {}),
             }
         )
         log_params_once(run, params)
+        if not nested:
+            try:
+                close_abandoned_runs(mlflow.MlflowClient(), run.info.experiment_id,
+                                     f"{stage} run {run.info.run_id} found it abandoned")
+            except Exception as exc:  # housekeeping must never fail the stage
+                log.warning("could not look for abandoned runs: %s", exc)
         try:
             yield run
-        except BaseException:
-            mlflow.end_run(status="FAILED")
+        except BaseException as exc:
+            mark_failed(exc)
             raise
+
+
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def close_if_abandoned(client: mlflow.MlflowClient, run_id: str, note: str, quiet: bool = False) -> bool:
+    """End run `run_id` as KILLED if it is RUNNING while the process that ran it is gone.
+
+    Only a process on this host can be checked; a run of another host, of a live process, or
+    without a `stage_process` tag is left alone. `note` (who noticed) goes into the `ended_by` tag.
+    Returns True when the run was ended.
+    """
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        return False
+    host, _, pid = run.data.tags.get(PROCESS_TAG, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid)):
+        if not quiet:
+            log.warning("run %s is RUNNING and its process (%s) cannot be shown to be gone: left as it is",
+                        run_id, run.data.tags.get(PROCESS_TAG, "unknown"))
+        return False
+    client.set_tag(run_id, ENDED_BY_TAG, f"{note}: its process {pid} on {host} was gone"[:MAX_TAG_CHARS])
+    client.set_terminated(run_id, status="KILLED")
+    return True
+
+
+def close_abandoned_runs(client: mlflow.MlflowClient, experiment_id: str, note: str) -> list[str]:
+    """End as KILLED every RUNNING run of the experiment whose process ran on this host and is gone."""
+    host = socket.gethostname()
+    candidates = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.{PROCESS_TAG} LIKE '{host}:%'",
+        max_results=200,
+    )
+    return [r.info.run_id for r in candidates if close_if_abandoned(client, r.info.run_id, note, quiet=True)]
+
+
+def error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= MAX_TAG_CHARS else text[: MAX_TAG_CHARS - 3] + "..."
+
+
+def mark_failed(exc: BaseException) -> None:
+    """End the active run as FAILED with the error as its `error` tag. When the store cannot be
+    reached either, the stage's own error is what the caller must see, so this never raises."""
+    try:
+        mlflow.set_tag(ERROR_TAG, error_text(exc))
+    except Exception as tag_exc:  # the stage's error matters more than this one
+        log.warning("could not record the error of the run: %s", tag_exc)
+    try:
+        mlflow.end_run(status="FAILED")
+    except Exception as end_exc:
+        log.warning("could not mark the run FAILED: %s", end_exc)
 
 
 if __name__ == "__main__":

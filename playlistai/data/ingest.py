@@ -14,6 +14,7 @@ Every problem is an `IngestError` naming the file and, where it applies, the lin
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +73,18 @@ def read_events(
     else:
         sep = "," if fmt == "csv" else "\t"
         try:
-            raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+            raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
         except pd.errors.EmptyDataError:
             raise IngestError(f"{path}: the file is empty") from None
+        except UnicodeDecodeError:
+            raise IngestError(_not_utf8(path)) from None
         except pd.errors.ParserError as exc:
-            raise IngestError(f"{path}: cannot parse as {fmt.upper()}: {exc}") from None
+            counts = _FIELD_COUNT_RE.search(str(exc))
+            if counts:
+                expected, line, found = counts.groups()
+                raise IngestError(f"{path}, line {line}: expected {expected} {_SEP_NAMES[sep]}-separated fields "
+                                  f"(as in the header), found {found}") from None
+            raise IngestError(f"{path}: cannot parse as {fmt.upper()}: {str(exc).strip()}") from None
         first_line = 2  # line 1 is the header
         if raw.shape[1] == 1 and (sep not in raw.columns[0]) and ("," in raw.columns[0] or "\t" in raw.columns[0] or ";" in raw.columns[0]):
             raise IngestError(
@@ -92,6 +100,8 @@ def read_events(
             missing.append(optional)
     if missing:
         raise IngestError(f"{path}: missing column(s) {missing}; the file has {list(raw.columns)}")
+    if first_line is not None:
+        _check_short_lines(raw, path, sep, [user_col, track_col, ts_col], first_line)
 
     out = pd.DataFrame(
         {
@@ -103,6 +113,39 @@ def read_events(
         }
     )
     return out
+
+
+_FIELD_COUNT_RE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+_SEP_NAMES = {",": "comma", "\t": "tab"}
+
+
+def _not_utf8(path: Path) -> str:
+    """The message for a file that is not UTF-8: the first line that does not decode, and where."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"{path}, line {line_no}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column "
+                        f"{exc.start + 1}); save the file as UTF-8")
+    return f"{path}: not valid UTF-8; save the file as UTF-8"
+
+
+def _check_short_lines(raw: pd.DataFrame, path: Path, sep: str, required: list[str], first_line: int) -> None:
+    """A line with fewer fields than the header reads as empty values at its end (pandas pads it):
+    name it as a short line rather than as an empty column or, worse, as a bad time elsewhere."""
+    empty = raw[required].isna().any(axis=1).to_numpy()
+    if not empty.any():
+        return
+    row = int(np.flatnonzero(empty)[0])
+    wanted = row + first_line
+    with open(path, encoding="utf-8", newline="") as f:
+        for line_no, fields in enumerate(csv.reader(f, delimiter=sep), start=1):
+            if line_no == wanted:
+                if len(fields) < raw.shape[1]:
+                    raise IngestError(f"{path}, line {line_no}: expected {raw.shape[1]} {_SEP_NAMES[sep]}-separated "
+                                      f"fields (as in the header), found {len(fields)}")
+                return
 
 
 def _where(path: Path, column: str, row: int, first_line: int | None) -> str:
@@ -132,8 +175,14 @@ def parse_times(col: pd.Series, path: Path, name: str, unit: str = "auto", first
         ts = col.dt.tz_localize("UTC") if col.dt.tz is None else col.dt.tz_convert("UTC")
     else:
         text = col.astype("string").str.strip()
+        empty = text.isna() | (text == "")
+        if empty.any():
+            row = int(np.flatnonzero(empty.to_numpy())[0])
+            raise IngestError(f"{_where(path, name, row, first_line)}: column {name!r} is empty")
         numeric = pd.to_numeric(text, errors="coerce")
-        use_numeric = unit in ("s", "ms") or (unit == "auto" and numeric.notna().all())
+        # auto: epoch numbers when most values are numbers, so that one bad value is reported
+        # itself, not as the first good number that failed to parse as ISO-8601
+        use_numeric = unit in ("s", "ms") or (unit == "auto" and numeric.notna().mean() >= 0.5)
         if use_numeric:
             scale = unit if unit != "auto" else ("ms" if numeric.abs().max() > 1e11 else "s")
             ts = pd.to_datetime(numeric, unit=scale, utc=True, errors="coerce")

@@ -19,7 +19,8 @@ the new production (up to MAX_ATTEMPTS times). The lock lives in the tracking st
 holds across processes and machines that share a store: creating a registered model is atomic
 (its name is unique in the database, SQLite and PostgreSQL alike), so whoever creates
 `<model>.promotion-lock` holds the lock, and deleting it releases it. A lock older than
-`stale_after_s` belongs to a crashed holder and is broken.
+`stale_after_s` belongs to a crashed holder and is broken. How long a registration waited for the
+lock is part of its decision (`gate_lock_wait_s`), so contention shows in the registry.
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ class PromotionLock:
         self.stale_after_s = stale_after_s
         self.poll_s = poll_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        self.waited_s = 0.0          # from the first try to taking the lock
+        self.contended = False       # another holder had it at the first try
 
     def __enter__(self) -> PromotionLock:
-        deadline = time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        deadline = started + self.timeout_s
         while True:
             try:
                 self.client.create_registered_model(
@@ -85,10 +89,12 @@ class PromotionLock:
                     tags={"holder": self.holder},
                     description="held while the production alias of the model moves; deleted right after",
                 )
+                self.waited_s = time.monotonic() - started
                 return self
             except MlflowException as exc:
                 if not _is(exc, RESOURCE_ALREADY_EXISTS):
                     raise
+            self.contended = True
             self._break_if_stale()
             if time.monotonic() > deadline:
                 raise PromotionError(
@@ -162,6 +168,7 @@ class GateDecision:
     comparison: dict | None
     attempts: int
     decided_at: str
+    lock_wait_s: float = 0.0            # waiting for the promotion lock, all attempts together
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -173,6 +180,8 @@ class GateDecision:
             "gate_mode": self.mode,
             "gate_compared_with": self.production_before or "none",
             "gate_decided_at": self.decided_at,
+            "gate_attempts": str(self.attempts),
+            "gate_lock_wait_s": f"{self.lock_wait_s:.3f}",
         }
         for key, value in (self.comparison or {}).items():
             tags[f"gate_{key}"] = f"{value:.6g}" if isinstance(value, float) else str(value)
@@ -207,7 +216,7 @@ def decide_and_promote(
     now = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # noqa: E731
 
     if mode == "force":
-        with PromotionLock(client, model_name, timeout_s=lock_timeout_s):
+        with PromotionLock(client, model_name, timeout_s=lock_timeout_s) as lock:
             before = alias_version(client, model_name, alias)
             client.set_registered_model_alias(model_name, alias, version)
         what = "rollback" if before is not None and int(version) < int(before) else "manual promotion"
@@ -215,17 +224,18 @@ def decide_and_promote(
             mode, version, True, "forced",
             f"promote=force ({what}): {alias} moved from {'v' + before if before else 'nothing'} to v{version} "
             "without a comparison",
-            before, version, None, 1, now(),
+            before, version, None, 1, now(), lock.waited_s,
         )
         _tag(client, model_name, decision)
         return decision
 
+    waited_s = 0.0
     for attempt in range(1, MAX_ATTEMPTS + 1):
         current = alias_version(client, model_name, alias)
         comparison = None
         if current == version:
             decision = GateDecision(mode, version, False, "unchanged", f"v{version} already is {alias}",
-                                    current, current, None, attempt, now())
+                                    current, current, None, attempt, now(), waited_s)
             break
         if current is None:
             better, reason = True, f"there is no {alias} version yet"
@@ -237,15 +247,17 @@ def decide_and_promote(
             decision = GateDecision(
                 mode, version, False, "not_promoted" if mode == "never" else "rejected",
                 reason + ("; promote=never" if mode == "never" else ""),
-                current, current, comparison, attempt, now(),
+                current, current, comparison, attempt, now(), waited_s,
             )
             break
-        with PromotionLock(client, model_name, timeout_s=lock_timeout_s):
+        with PromotionLock(client, model_name, timeout_s=lock_timeout_s) as lock:
+            waited_s += lock.waited_s
             # the check that makes this safe: production is still what we compared with
             if alias_version(client, model_name, alias) != current:
                 continue
             client.set_registered_model_alias(model_name, alias, version)
-        decision = GateDecision(mode, version, True, "promoted", reason, current, version, comparison, attempt, now())
+        decision = GateDecision(mode, version, True, "promoted", reason, current, version, comparison, attempt, now(),
+                                waited_s)
         break
     else:
         raise PromotionError(f"{alias} changed {MAX_ATTEMPTS} times while v{version} was being compared; giving up")

@@ -152,7 +152,8 @@ def run_register(
         "gate_reason": decision.reason[:5000],
         f"{alias}_version": decision.production_after or "none",
     })
-    gate_metrics = {"gate_promoted": float(decision.promoted), "registered_version": float(version)}
+    gate_metrics = {"gate_promoted": float(decision.promoted), "registered_version": float(version),
+                    "gate_attempts": float(decision.attempts), "gate_lock_wait_s": float(decision.lock_wait_s)}
     for key in ("challenger", "production", "mean_diff", "low", "high", "p_value"):
         if decision.comparison and decision.comparison.get(key) is not None:
             gate_metrics[f"gate_{key}"] = float(decision.comparison[key])

@@ -18,7 +18,7 @@ from playlistai.config import Settings, get_settings
 from playlistai.data.layout import SPLITS, DataLayout
 from playlistai.data.sequences import load_vocab
 from playlistai.models import ModelConfig
-from playlistai.tracking import files_hash, stage_run
+from playlistai.tracking import close_if_abandoned, files_hash, stage_run
 from playlistai.training.curves import plot_training_curves
 from playlistai.training.loop import TrainConfig
 from playlistai.training.worker import BEST_DIR, find_state_dirs, peak_rss_mb, train_worker
@@ -134,6 +134,14 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def resume_run_id(value: str) -> str | None:
+    """The MLflow run id `resume_from` names (`<id>` or `runs:/<id>`), or None for a directory."""
+    if not value or Path(value).exists():
+        return None
+    run_id = value[len("runs:/") :].split("/")[0] if value.startswith("runs:/") else value
+    return run_id if RUN_ID_RE.match(run_id) else None
+
+
 def resolve_resume(value: str) -> Path | None:
     """`resume_from` -> the latest state directory it names.
 
@@ -198,6 +206,11 @@ def run_train_stage(
         mlflow.set_tag(STATE_PATH_TAG, str(state_root))
         if resume_dir is not None:
             mlflow.set_tag("resumed_from", str(resume_dir))
+        resumed_run = resume_run_id(params.resume_from)
+        if resumed_run:
+            # the run resumed here was usually killed: if nothing ended it, it would stay RUNNING
+            mlflow.set_tag("resumed_from_run", resumed_run)
+            close_if_abandoned(mlflow.MlflowClient(), resumed_run, f"training run {run_id} resumed it")
         worker_cfg = {
             "model_config": model_config.to_dict(),
             "train_config": train_config.to_dict(),

@@ -83,6 +83,14 @@ def test_parquet_round_trip(tmp_path):
         ("blank.csv", "user_id,track_id,ts\nu,,1\n", {}, r"line 2: column 'track_id' is empty"),
         ("x.json", "{}", {}, "cannot tell the format"),
         ("bad.parquet", "not parquet", {}, "not a readable Parquet file"),
+        ("long.csv", "user_id,track_id,ts\nu,a,1\nu,b,2,extra\n", {},
+         r"long\.csv, line 3: expected 3 comma-separated fields \(as in the header\), found 4"),
+        ("short.tsv", "user_id\ttrack_id\tts\nu\ta\t1700000000\nu\tb\n", {},
+         r"short\.tsv, line 3: expected 3 tab-separated fields \(as in the header\), found 2"),
+        # an empty time is named as such, not blamed on a good time of another line
+        ("epochs.csv", "user_id,track_id,ts\nu,a,1700000000\nu,b,1700000100\nu,c,yesterday\n", {},
+         r"epochs\.csv, line 4: cannot parse time 'yesterday'"),
+        ("no_time.csv", "user_id,track_id,ts\nu,a,1700000000\nu,b,\n", {}, r"no_time\.csv, line 3: column 'ts' is empty"),
     ],
 )
 def test_bad_input_names_file_line_or_column(tmp_path, name, text, kwargs, message):
@@ -93,3 +101,10 @@ def test_bad_input_names_file_line_or_column(tmp_path, name, text, kwargs, messa
 def test_missing_file(tmp_path):
     with pytest.raises(IngestError, match="file not found"):
         read_events(tmp_path / "nope.csv")
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("user_id,track_id,ts\nu,a,1700000000\nu,Caf\u00e9,1700000100\n".encode("latin-1"))
+    with pytest.raises(IngestError, match=r"latin1\.csv, line 3: not valid UTF-8 \(byte 0xe9 at column 6\)"):
+        read_events(p)

@@ -99,6 +99,7 @@ def test_bad_input_fails_with_a_message_and_a_failed_run(tmp_path):
     assert not (tmp_path / "d" / "raw" / "events.parquet").exists()
     runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("playlistai").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+    assert "plays.csv, line 3: cannot parse time 'garbage'" in runs[0].data.tags["error"]
     proc = subprocess.run([sys.executable, "-m", "entrypoints.preprocess", "--data-dir", str(tmp_path / "none")],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "run the `data` stage first" in proc.stderr

@@ -113,3 +113,29 @@ def test_registry_bad_promote_mode(registry):
     client, name, (v1, *_) = registry
     with pytest.raises(ValueError, match="promote must be one of"):
         promotion.decide_and_promote(client, name, "production", v1, "sometimes", lambda *a: None)
+
+
+def test_registry_time_waited_for_the_lock_is_recorded(registry):
+    """A promotion that finds the lock taken waits for it, and says how long in its decision and tags."""
+    client, name, (v1, v2, _) = registry
+    client.set_registered_model_alias(name, "production", v1)
+    results = {}
+    held = threading.Event()
+
+    def gate():
+        held.wait(timeout=30)
+        results["decision"] = promotion.decide_and_promote(
+            mlflow.MlflowClient(), name, "production", v2, "auto", lambda *a: comparison(+0.05))
+
+    thread = threading.Thread(target=gate)
+    thread.start()
+    with promotion.PromotionLock(client, name, timeout_s=5) as lock:
+        held.set()
+        threading.Event().wait(1.5)               # another registration holds the lock meanwhile
+    assert lock.waited_s < 1.0 and not lock.contended
+    thread.join(timeout=60)
+    decision = results["decision"]
+    assert decision.promoted and decision.lock_wait_s >= 1.0
+    tags = client.get_model_version(name, v2).tags
+    assert float(tags["gate_lock_wait_s"]) >= 1.0 and tags["gate_attempts"] == "1"
+    assert name + promotion.LOCK_SUFFIX not in {m.name for m in client.search_registered_models()}

@@ -108,3 +108,24 @@ def test_resume_from_a_run_id_continues_its_epochs(tiny_data_dir, tmp_path):
     assert [m.step for m in client.get_metric_history(second, "train_loss")] == [2]     # epoch 1 not redone
     assert _run_by_id(second).data.metrics["epochs_run"] == 2
     assert _run_by_id(second).data.tags["resumed_from"].endswith("epoch_001")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_resume_ends_the_killed_run_it_resumes(tiny_data_dir, tmp_path):
+    """A SIGKILLed training run stays RUNNING (nothing could end it); resuming it ends it as KILLED."""
+    import socket
+
+    from playlistai.tracking import ENDED_BY_TAG, PROCESS_TAG
+
+    common = ["--data-dir", str(tiny_data_dir), "--storage-path", str(tmp_path / "storage"), *SMALL]
+    first, _ = _train_cli(["--epochs", "1", *common])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    client = mlflow.tracking.MlflowClient()
+    client.update_run(first, status="RUNNING")                     # what a SIGKILL leaves behind
+    client.set_tag(first, PROCESS_TAG, f"{socket.gethostname()}:{gone.pid}")
+    second, _ = _train_cli(["--epochs", "2", "--resume-from", first, *common])
+    killed = _run_by_id(first)
+    assert killed.info.status == "KILLED" and second in killed.data.tags[ENDED_BY_TAG]
+    assert _run_by_id(second).data.tags["resumed_from_run"] == first
+    assert _run_by_id(second).info.status == "FINISHED"

@@ -1,0 +1,50 @@
+"""What every stage's MLflow run records when things go wrong: the error of a failed stage, and the
+end of a run whose process was killed (SIGKILL leaves it RUNNING)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from playlistai.tracking import ENDED_BY_TAG, ERROR_TAG, PROCESS_TAG, configure_mlflow, stage_run
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_failed_stage_records_its_error():
+    with pytest.raises(ValueError), stage_run("probe", {"x": 1}) as run:
+        raise ValueError("events.csv, line 3: boom")
+    finished = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert finished.info.status == "FAILED"
+    assert finished.data.tags[ERROR_TAG] == "ValueError: events.csv, line 3: boom"
+
+
+def test_a_stage_ends_the_runs_of_processes_that_are_gone():
+    client = mlflow.MlflowClient()
+    experiment_id = configure_mlflow()
+    host = socket.gethostname()
+
+    def running(process: str) -> str:
+        return client.create_run(experiment_id, tags={PROCESS_TAG: process, "stage": "probe"}).info.run_id
+
+    killed = running(f"{host}:{dead_pid()}")
+    alive = running(f"{host}:{os.getpid()}")
+    elsewhere = running(f"another-host.example:{dead_pid()}")
+    with stage_run("probe", {}) as run:
+        pass
+    assert client.get_run(killed).info.status == "KILLED"
+    assert run.info.run_id in client.get_run(killed).data.tags[ENDED_BY_TAG]
+    assert client.get_run(alive).info.status == "RUNNING"          # its process still runs
+    assert client.get_run(elsewhere).info.status == "RUNNING"      # cannot be checked from here
+    assert client.get_run(run.info.run_id).data.tags[PROCESS_TAG].startswith(f"{host}:")
+    for run_id in (alive, elsewhere):
+        client.set_terminated(run_id)
