@@ -158,7 +158,7 @@ monitoring-check:
 
 # -- reliability (RELIABILITY.md): load, faults and bad input against real local components (the API
 # under gunicorn, Redis, MLflow store and server, PostgreSQL, the entry points). Ends with
-# `N passed, N failed`, a table of figures, and rewrites RELIABILITY.md's results. About 15 minutes.
+# `N passed, N failed`, a table of figures, and rewrites RELIABILITY.md's results. About 20 minutes.
 # `make reliability RELIABILITY_ARGS="--only redis_faults,model_rollout"` runs some; `--profile short` is the CI size.
 RELIABILITY_ARGS ?=
 .PHONY: reliability
