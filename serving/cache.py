@@ -3,7 +3,9 @@
 Redis calls run with a socket timeout of a few ms (REDIS_TIMEOUT_MS) and no retries, so a dead or
 stalled Redis costs a request at most that long, once: the first failure marks the cache
 disconnected, every later request goes to the in-process cache at once, and a background task pings
-Redis with exponential back-off until it answers again.
+Redis with exponential back-off until it answers again. While connected, a watcher pings Redis every
+HEALTH_CHECK_INTERVAL_S, so that a worker without traffic also knows (and `/healthz` says) when
+Redis is gone or too slow.
 
 Keys cover everything the response depends on (model version, the whole input history, context,
 k and flags), so a new model never serves a slate cached for the old one.
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "playlistai:continue:v1:"
 RECONNECT_FIRST_DELAY_S = 0.1
 RECONNECT_MAX_DELAY_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 1.0
 
 
 def continue_cache_key(
@@ -95,6 +98,7 @@ class ResponseCache:
         self.redis_url = redis_url
         self.connected = False
         self._reconnect_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
         self._closed = False
         self._redis: redis.Redis | None = None
         if redis_url:
@@ -127,15 +131,17 @@ class ResponseCache:
         else:
             log.warning("Redis at %s does not answer: caching in-process until it does", self._safe_url())
             self._schedule_reconnect()
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_connection())
 
     async def close(self) -> None:
         self._closed = True
-        if self._reconnect_task is not None:
-            self._reconnect_task.cancel()
-            try:
-                await self._reconnect_task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._reconnect_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         if self._redis is not None:
             self._redis.close()
 
@@ -175,6 +181,13 @@ class ResponseCache:
         except RuntimeError:   # called outside the event loop: the next request on it schedules it
             return
         self._reconnect_task = loop.create_task(self._reconnect_until_connected())
+
+    async def _watch_connection(self) -> None:
+        """While connected, ping every HEALTH_CHECK_INTERVAL_S; a missed answer marks the cache disconnected."""
+        while not self._closed:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            if self.connected and not await asyncio.to_thread(self._ping) and self.connected:
+                self._on_redis_failure("ping", redis.ConnectionError("no answer to PING within REDIS_TIMEOUT_MS"))
 
     async def _reconnect_until_connected(self) -> None:
         delay = RECONNECT_FIRST_DELAY_S

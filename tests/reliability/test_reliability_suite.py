@@ -17,7 +17,8 @@ import pytest
 from reliability.core import Check, ScenarioResult, summary_line, write_report
 from reliability.scenarios import MODULES
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# the first test also waits for the whole short suite (about 5 minutes on a quiet 2-core machine)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -119,3 +119,22 @@ def test_a_redis_that_never_answers_costs_one_timeout(make_client):
             assert client.post("/continue", json=REQUEST).status_code == 200
         assert time.perf_counter() - started < 2.0     # one 20 ms timeout, then in-process
         assert client.get("/healthz").json()["cache_connected"] is False
+
+
+@pytest.mark.integration
+def test_a_worker_without_traffic_notices_that_redis_is_gone(make_client, redis_process):
+    """/healthz follows Redis even when no request touched the cache: the watcher pings it."""
+    import time
+
+    client = make_client(REDIS_URL=redis_process.url)
+    assert client.get("/healthz").json()["cache_connected"] is True
+    redis_process.stop()
+    deadline = time.monotonic() + 5
+    while client.get("/healthz").json()["cache_connected"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.get("/healthz").json()["cache_connected"] is False
+    redis_process.start()
+    deadline = time.monotonic() + 10
+    while not client.get("/healthz").json()["cache_connected"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.get("/healthz").json()["cache_connected"] is True
