@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from reliability.components import free_port, port_open, wait_until  # noqa: E402  (after the path)
+from reliability.load import request_bodies  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 WRK_SCRIPT = REPO / "bench" / "wrk_continue.lua"
 TARGETS = {  # issue "Serving": default catalog, one process, this 2-core machine
@@ -51,21 +54,8 @@ def log(message: str) -> None:
     print(f"bench-serve: {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout_s} s")
+    wait_until(lambda: port_open(port), timeout_s, what=f"something listening on port {port}")
 
 
 # -- data and model --------------------------------------------------------------------------------
@@ -137,20 +127,6 @@ def register_production(package: Path, store: Path) -> str:
 
 
 # -- requests --------------------------------------------------------------------------------------
-
-def request_bodies(vocab, n: int, seed: int, use_ann: bool, k: int = 20) -> list[str]:
-    rng = np.random.default_rng(seed)
-    weights = vocab.counts / vocab.counts.sum()
-    lengths = rng.integers(5, 51, size=n)
-    bodies = []
-    for length in lengths:
-        picks = rng.choice(len(vocab), size=int(length), p=weights)
-        bodies.append(json.dumps({
-            "tracks": [vocab.track_ids[i] for i in picks], "k": k,
-            "context": {"hour": int(rng.integers(0, 24)), "dow": int(rng.integers(0, 7))}, "use_ann": use_ann,
-        }, separators=(",", ":")))
-    return bodies
-
 
 def run_wrk(port: int, bodies_file: Path, clients: int, duration_s: float) -> dict:
     threads = min(clients, 2)
@@ -254,7 +230,7 @@ def bench_size(size: str, args) -> dict:
         for scenario, use_ann, n, seed in (("exact", False, args.unique_bodies, 1), ("ann", True, args.unique_bodies, 2),
                                            ("cached", False, 100, 3)):
             files[scenario] = work_dir / f"bodies-{scenario}.jsonl"
-            files[scenario].write_text("\n".join(request_bodies(vocab, n, seed, use_ann)) + "\n")
+            files[scenario].write_bytes(b"\n".join(request_bodies(vocab, n, seed, use_ann)) + b"\n")
 
         runs = []
         for scenario in args.scenarios:

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from reliability.components import free_port as free_port_now
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 VENV_BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def free_port():
     """free_port() -> a TCP port nobody listens on right now (on the loopback interface)."""
-    return _free_port
+    return free_port_now
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ the API under uvicorn) on 127.0.0.1, and a tiny registered model with its drift 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,15 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reliability.components import free_port, port_open
+
 REPO = Path(__file__).resolve().parents[2]
 
 MONITORING_MODEL = "monitoring-tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check, timeout_s: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
@@ -79,12 +74,6 @@ def start_server(tmp_path):
     yield start
     for server in reversed(servers):
         server.stop()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture

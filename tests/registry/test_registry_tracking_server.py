@@ -7,7 +7,6 @@ decision, with production left where the gate says.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,15 +17,11 @@ import uuid
 import mlflow
 import pytest
 
+from reliability.components import free_port
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

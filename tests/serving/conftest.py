@@ -7,9 +7,7 @@ tracks excluded when asked, at most `max_per_artist` per artist.
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from playlistai.config import Settings
+from reliability.components import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -235,47 +234,10 @@ def make_registry_client(registry_settings):
 
 # -- a throw-away Redis on its own port -------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """`redis-server` on a port of its own, without persistence; stop() and start() at will."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
 @pytest.fixture
 def redis_process():
     if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
-    server = RedisProcess(free_port())
-    server.start()
+    server = RedisServer().start()
     yield server
     server.stop()
