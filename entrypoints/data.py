@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     source: str = typer.Option("synthetic", help="'synthetic' or the path of a log file"),
-    format: str = typer.Option("auto", help="auto | csv | tsv | parquet | lastfm1k"),
+    format: str = typer.Option("auto", help="auto | csv | tsv | parquet | lastfm1k (CSV and TSV may be .gz)"),
     size: str = typer.Option("default", help="synthetic size: tiny | default | large"),
     seed: str = typer.Option("42"),
     data_dir: str = typer.Option(None, help="defaults to DATA_DIR"),

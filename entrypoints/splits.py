@@ -1,4 +1,5 @@
-"""Entry point `splits`: sessions -> train/val/test Parquet and the training vocabulary."""
+"""Entry point `splits`: sessions -> train/val/test Parquet and the vocabulary (`vocab_scope`: of the
+training split, or of training and validation)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import typer
 
 from entrypoints.common import as_int, cli_errors
 from playlistai.config import get_settings
+from playlistai.data.splits import parse_vocab_scope
 from playlistai.data.stages import run_splits
 from playlistai.tracking import stage_run
 
@@ -20,6 +22,7 @@ def main(
     test_frac: float = typer.Option(0.1),
     vocab_min_freq: str = typer.Option(None, help="defaults to VOCAB_MIN_FREQ"),
     max_seq_len: str = typer.Option(None, help="defaults to MAX_SEQ_LEN"),
+    vocab_scope: str = typer.Option("train", help="train | train_val: the splits whose tracks get an index"),
 ) -> None:
     with cli_errors("splits"):
         settings = get_settings()
@@ -30,6 +33,7 @@ def main(
             test_frac=test_frac,
             vocab_min_freq=as_int(vocab_min_freq or settings.VOCAB_MIN_FREQ, "vocab_min_freq", minimum=1),
             max_seq_len=as_int(max_seq_len or settings.MAX_SEQ_LEN, "max_seq_len", minimum=2),
+            vocab_scope=parse_vocab_scope(vocab_scope),
         )
         with stage_run("splits", params, settings=settings):
             m = run_splits(**params)

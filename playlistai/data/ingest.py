@@ -8,14 +8,23 @@ Two readers:
   where tracks without a MusicBrainz id are keyed by artist name + title (and artists without one
   by their name).
 
+CSV and TSV files may be gzip-compressed (`.csv.gz`, `.tsv.gz`, `.tab.gz`): public logs ship that
+way and are several times larger unpacked. The format is read from the extension before `.gz`, and
+line numbers in messages count lines of the decompressed text, as `zcat file | sed -n Np` shows them.
+
 Every problem is an `IngestError` naming the file and, where it applies, the line or column.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -29,19 +38,65 @@ class IngestError(ValueError):
     """The input file cannot be read into events; the message says where and why."""
 
 
+GZIP_SUFFIX = ".gz"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: Path) -> bool:
+    """Compression is told by the name, as for the format: `.gz` is gzip."""
+    return Path(path).suffix.lower() == GZIP_SUFFIX
+
+
+def format_suffix(path: Path) -> str:
+    """The extension that names the format, looking through `.gz` (`plays.tsv.gz` -> `.tsv`)."""
+    path = Path(path)
+    return Path(path.stem).suffix.lower() if is_gzip(path) else path.suffix.lower()
+
+
 def detect_format(path: Path, fmt: str) -> str:
     if fmt not in FORMATS:
         raise IngestError(f"{path}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt != "auto":
         return fmt
-    suffix = path.suffix.lower()
+    suffix = format_suffix(path)
     if suffix in (".parquet", ".pq"):
         return "parquet"
     if suffix in (".tsv", ".tab"):
         return "tsv"
     if suffix == ".csv":
         return "csv"
-    raise IngestError(f"{path}: cannot tell the format from the extension {suffix!r}; pass format=csv|tsv|parquet|lastfm1k")
+    shown = suffix + GZIP_SUFFIX if is_gzip(path) else suffix
+    raise IngestError(f"{path}: cannot tell the format from the extension {shown!r}; "
+                      f"pass format=csv|tsv|parquet|lastfm1k")
+
+
+def open_text(path: Path, errors: str = "strict") -> IO[str]:
+    """The file as UTF-8 text, decompressed when it is gzip (csv-module newline handling)."""
+    if is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors, newline="")
+    return open(path, encoding="utf-8", errors=errors, newline="")
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+@contextmanager
+def gzip_errors(path: Path) -> Iterator[None]:
+    """A bad gzip file surfaces wherever decompression happens to reach it (at the first read for a
+    wrong header, mid-file for a cut or damaged stream): name the file and the fault, never a trace."""
+    try:
+        yield
+    except gzip.BadGzipFile as exc:
+        if str(exc).startswith("Not a gzipped file"):
+            raise IngestError(f"{path}: not gzip-compressed although its name ends in {GZIP_SUFFIX}; "
+                              f"rename it or compress it") from None
+        raise IngestError(f"{path}: the gzip data is corrupt ({exc})") from None
+    except EOFError:
+        raise IngestError(f"{path}: the gzip data ends early: the file is truncated "
+                          f"(an interrupted download or copy?)") from None
+    except zlib.error as exc:
+        raise IngestError(f"{path}: the gzip data is corrupt ({exc})") from None
 
 
 def read_events(
@@ -65,6 +120,9 @@ def read_events(
     if fmt == "lastfm1k":
         return read_lastfm_1k(path)
     if fmt == "parquet":
+        if is_gzip(path):
+            # Parquet compresses its own columns; a gzip wrapper is not something readers accept
+            raise IngestError(f"{path}: gzip-compressed Parquet is not read; decompress it (gunzip) first")
         try:
             raw = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a bad file
@@ -73,7 +131,9 @@ def read_events(
     else:
         sep = "," if fmt == "csv" else "\t"
         try:
-            raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+            with gzip_errors(path):
+                raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                                  encoding="utf-8", compression="gzip" if is_gzip(path) else None)
         except pd.errors.EmptyDataError:
             raise IngestError(f"{path}: the file is empty") from None
         except UnicodeDecodeError:
@@ -121,8 +181,10 @@ _SEP_NAMES = {",": "comma", "\t": "tab"}
 
 def _not_utf8(path: Path) -> str:
     """The message for a file that is not UTF-8: the first line that does not decode, and where."""
-    with open(path, "rb") as f:
+    with gzip_errors(path), open_binary(path) as f:
         for line_no, line in enumerate(f, start=1):
+            if line_no == 1 and not is_gzip(path) and line.startswith(GZIP_MAGIC):
+                return f"{path}: the file is gzip-compressed; name it {path.name}{GZIP_SUFFIX} (or decompress it)"
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -139,7 +201,7 @@ def _check_short_lines(raw: pd.DataFrame, path: Path, sep: str, required: list[s
         return
     row = int(np.flatnonzero(empty)[0])
     wanted = row + first_line
-    with open(path, encoding="utf-8", newline="") as f:
+    with gzip_errors(path), open_text(path) as f:
         for line_no, fields in enumerate(csv.reader(f, delimiter=sep), start=1):
             if line_no == wanted:
                 if len(fields) < raw.shape[1]:
@@ -205,7 +267,7 @@ def read_lastfm_1k(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise IngestError(f"{path}: the file is empty")
     rows = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    with gzip_errors(path), open_text(path, errors="replace") as f:
         for line_no, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if not fields or fields == [""]:
                 continue

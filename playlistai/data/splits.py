@@ -1,14 +1,21 @@
-"""Sessions -> train / val / test by time, and the vocabulary of the training period.
+"""Sessions -> train / val / test by time, and the track vocabulary (never of the test period).
 
 `temporal` (default): sessions are ordered by start time; the latest `test_frac` form the test
 split, the `val_frac` before them validation. The cut-offs are *times*: a training session that is
 still running when the validation period starts loses its plays from that moment on (likewise for
-validation at the test cut-off), so no event of a later period is ever used to fit, tune or build
-the vocabulary.
+validation at the test cut-off), so no event of a later period is ever used to fit or tune, and no
+test event ever builds the vocabulary.
 
 `leave_one_out`: the protocol of the SASRec papers. Each user's plays form one sequence; the last
 play is the test target, the second to last the validation target, the rest is training data.
 Users with fewer than 3 plays only train.
+
+The vocabulary (`vocab_scope`) is built from the training split (`train`, the default) or from the
+training and validation splits together (`train_val`), never from test. `train_val` is what
+published session benchmarks assume: their "training period" is everything before the test
+sessions, and their test sets keep only items seen there. Carving validation out of that period
+with a train-only vocabulary would turn test items seen only during validation into unknown
+tracks, and the test cases that need them would disappear from the evaluation.
 """
 
 from __future__ import annotations
@@ -21,6 +28,26 @@ import pandas as pd
 from playlistai.data.vocab import Vocabulary
 
 STRATEGIES = ("temporal", "leave_one_out")
+VOCAB_SCOPES = ("train", "train_val")
+# identifies one play: sessionize drops exact duplicates on these, so no two events share them
+_EVENT_KEY = ["user_id", "track_id", "ts"]
+
+
+def parse_vocab_scope(value: str) -> str:
+    scope = str(value).strip().lower()
+    if scope not in VOCAB_SCOPES:
+        raise ValueError(f"vocab_scope: expected one of {', '.join(VOCAB_SCOPES)}, got {value!r}")
+    return scope
+
+
+def vocab_events(frames: dict[str, pd.DataFrame], scope: str) -> pd.DataFrame:
+    """The events the vocabulary is counted on. With `train_val`, leave_one_out's validation
+    sequences repeat the user's training plays, so shared plays are counted once."""
+    scope = parse_vocab_scope(scope)
+    if scope == "train":
+        return frames["train"]
+    both = pd.concat([frames["train"], frames["val"]], ignore_index=True)
+    return both.drop_duplicates(subset=_EVENT_KEY, keep="first")
 
 
 @dataclass
@@ -101,9 +128,11 @@ def make_splits(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     vocab_min_freq: int = 5,
+    vocab_scope: str = "train",
 ) -> SplitResult:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    vocab_scope = parse_vocab_scope(vocab_scope)
     if vocab_min_freq < 1:
         raise ValueError("vocab_min_freq must be >= 1")
     if sessions.empty:
@@ -125,10 +154,12 @@ def make_splits(
         }
     if frames["train"].empty:
         raise ValueError("the training split is empty")
-    vocab = Vocabulary.build(frames["train"], vocab_min_freq)
+    vocab = Vocabulary.build(vocab_events(frames, vocab_scope), vocab_min_freq)
     if len(vocab) == 0:
-        raise ValueError(f"no track is played {vocab_min_freq}+ times in the training period; lower vocab_min_freq")
-    meta.update(strategy=strategy, val_frac=val_frac, test_frac=test_frac, vocab_min_freq=vocab_min_freq)
+        period = "training" if vocab_scope == "train" else "training and validation"
+        raise ValueError(f"no track is played {vocab_min_freq}+ times in the {period} period; lower vocab_min_freq")
+    meta.update(strategy=strategy, val_frac=val_frac, test_frac=test_frac, vocab_min_freq=vocab_min_freq,
+                vocab_scope=vocab_scope)
     return SplitResult(frames=frames, vocab=vocab, meta=meta)
 
 

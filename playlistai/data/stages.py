@@ -129,11 +129,12 @@ def run_splits(
     test_frac: float = 0.1,
     vocab_min_freq: int = 5,
     max_seq_len: int = 50,
+    vocab_scope: str = "train",
 ) -> dict[str, float]:
     layout = DataLayout.of(data_dir)
     t0 = time.perf_counter()
     sessions = pd.read_parquet(layout.require(layout.sessions, "preprocess"))
-    result = make_splits(sessions, strategy, val_frac, test_frac, vocab_min_freq)
+    result = make_splits(sessions, strategy, val_frac, test_frac, vocab_min_freq, vocab_scope)
     vocab = result.vocab
 
     metrics: dict[str, float] = {"vocab_size": float(len(vocab))}

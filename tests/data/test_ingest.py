@@ -1,9 +1,10 @@
+import gzip
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from playlistai.data.ingest import IngestError, read_events, read_lastfm_1k
+from playlistai.data.ingest import IngestError, detect_format, read_events, read_lastfm_1k
 
 LASTFM = (
     "user_000001\t2009-05-04T23:08:57Z\tf1b1cf71-bd35-4e99-8624-24a6e15f133a\tDeep Dish\t\tFuck Me Im Famous (Pacha Ibiza)-09-28-2007\n"
@@ -108,3 +109,107 @@ def test_a_file_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
     p.write_bytes("user_id,track_id,ts\nu,a,1700000000\nu,Caf\u00e9,1700000100\n".encode("latin-1"))
     with pytest.raises(IngestError, match=r"latin1\.csv, line 3: not valid UTF-8 \(byte 0xe9 at column 6\)"):
         read_events(p)
+
+
+# -- gzip-compressed CSV / TSV -------------------------------------------------------------------
+
+PLAYS = "user_id,track_id,ts,artist_id\n" + "".join(f"u{i % 7},t{i % 31},{1700000000 + 60 * i},a{i % 5}\n"
+                                                     for i in range(2000))
+
+
+def write_gz(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(text.encode("utf-8")))
+    return p
+
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [("e.csv.gz", "csv"), ("e.tsv.gz", "tsv"), ("e.tab.gz", "tsv"), ("E.CSV.GZ", "csv"), ("e.parquet", "parquet"),
+     ("e.csv", "csv")],
+)
+def test_format_is_read_through_the_gz_suffix(name, fmt):
+    assert detect_format(Path(name), "auto") == fmt
+
+
+def test_unknown_extension_under_gz_is_named_whole():
+    with pytest.raises(IngestError, match=r"extension '\.json\.gz'"):
+        detect_format(Path("e.json.gz"), "auto")
+    with pytest.raises(IngestError, match=r"extension '\.gz'"):
+        detect_format(Path("e.gz"), "auto")
+
+
+@pytest.mark.parametrize("name, sep", [("plays.csv.gz", ","), ("plays.tsv.gz", "\t"), ("plays.tab.gz", "\t")])
+def test_gzip_file_reads_like_the_plain_one(tmp_path, name, sep):
+    text = PLAYS.replace(",", sep)
+    plain = read_events(write(tmp_path, "plain" + (".csv" if sep == "," else ".tsv"), text))
+    packed = read_events(write_gz(tmp_path, name, text))
+    assert len(packed) == 2000
+    pd.testing.assert_frame_equal(packed, plain)
+
+
+def test_explicit_format_still_decompresses(tmp_path):
+    p = write_gz(tmp_path, "dump.gz", PLAYS)
+    assert len(read_events(p, fmt="csv")) == 2000
+
+
+def test_lastfm_1k_gzip(tmp_path):
+    p = write_gz(tmp_path, "lastfm.tsv.gz", LASTFM)
+    assert read_events(p, fmt="lastfm1k").equals(read_lastfm_1k(write(tmp_path, "lastfm.tsv", LASTFM)))
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        # each is a check that reads the file itself (pandas' parser, the short-line scan, the
+        # UTF-8 scan, the time parser): every one must count lines of the decompressed text
+        ("long.csv.gz", "user_id,track_id,ts\nu,a,1\nu,b,2\nu,c,3,extra\n",
+         r"long\.csv\.gz, line 4: expected 3 comma-separated fields \(as in the header\), found 4"),
+        ("short.tsv.gz", "user_id\ttrack_id\tts\nu\ta\t1700000000\nu\tb\t1700000001\nu\tc\n",
+         r"short\.tsv\.gz, line 4: expected 3 tab-separated fields \(as in the header\), found 2"),
+        ("time.csv.gz", PLAYS + "u,b,yesterday,a\n", r"time\.csv\.gz, line 2002: cannot parse time 'yesterday'"),
+        ("blank.csv.gz", PLAYS + "u,,1700000000,a\n", r"blank\.csv\.gz, line 2002: column 'track_id' is empty"),
+        ("empty.csv.gz", "", r"empty\.csv\.gz: the file is empty"),
+    ],
+)
+def test_gzip_errors_name_the_decompressed_line(tmp_path, name, text, message):
+    with pytest.raises(IngestError, match=message):
+        read_events(write_gz(tmp_path, name, text))
+
+
+def test_gzip_not_utf8_names_the_line(tmp_path):
+    p = tmp_path / "latin1.csv.gz"
+    p.write_bytes(gzip.compress("user_id,track_id,ts\nu,a,1700000000\nu,Caf\u00e9,1700000100\n".encode("latin-1")))
+    with pytest.raises(IngestError, match=r"latin1\.csv\.gz, line 3: not valid UTF-8 \(byte 0xe9 at column 6\)"):
+        read_events(p)
+
+
+def test_truncated_gzip_is_named(tmp_path):
+    data = gzip.compress(PLAYS.encode())
+    for name, cut in (("half.csv.gz", data[: len(data) // 2]), ("no_trailer.csv.gz", data[:-4])):
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(IngestError, match=rf"{name}: the gzip data ends early: the file is truncated"):
+            read_events(tmp_path / name)
+
+
+def test_corrupt_gzip_is_named(tmp_path):
+    data = bytearray(gzip.compress(PLAYS.encode()))
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.csv.gz").write_bytes(bytes(data))
+    with pytest.raises(IngestError, match=r"bad\.csv\.gz: the gzip data is corrupt"):
+        read_events(tmp_path / "bad.csv.gz")
+
+
+def test_gz_name_without_gzip_and_gzip_without_gz_name(tmp_path):
+    with pytest.raises(IngestError, match=r"plain\.csv\.gz: not gzip-compressed although its name ends in \.gz"):
+        read_events(write(tmp_path, "plain.csv.gz", PLAYS))
+    (tmp_path / "packed.csv").write_bytes(gzip.compress(PLAYS.encode()))
+    with pytest.raises(IngestError, match=r"packed\.csv: the file is gzip-compressed; name it packed\.csv\.gz"):
+        read_events(tmp_path / "packed.csv")
+
+
+def test_gzip_parquet_is_refused_with_the_reason(tmp_path):
+    df = pd.DataFrame({"user_id": ["u"], "track_id": ["a"], "ts": pd.to_datetime(["2024-01-01"], utc=True)})
+    (tmp_path / "e.parquet.gz").write_bytes(gzip.compress(df.to_parquet()))
+    with pytest.raises(IngestError, match=r"e\.parquet\.gz: gzip-compressed Parquet is not read"):
+        read_events(tmp_path / "e.parquet.gz")

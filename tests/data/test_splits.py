@@ -132,3 +132,79 @@ def test_next_track_cases_use_only_the_past(tiny_data_dir):
         hist = cases.histories[i]
         assert hist[hist > 0].tolist() == enc.items[s][max(0, t - 4) : t].tolist()
         assert cases.hours[i] == enc.hours[s][t]
+
+
+def _sessions_with_a_track_first_seen_in_validation() -> pd.DataFrame:
+    """Ten one-session users an hour apart: 7 train (tracks a, b), 2 val (a, c, d), 1 test (a, c, b, z).
+    `c` is played only in the validation period, `z` only in the test period."""
+    plays = [["a", "b", "a"]] * 7 + [["a", "c", "d"], ["c", "a"], ["a", "c", "b", "z"]]
+    rows = [(f"u{i}", track, 3600 * i + 60 * j) for i, tracks in enumerate(plays) for j, track in enumerate(tracks)]
+    ev = pd.DataFrame(rows, columns=["user_id", "track_id", "ts"])
+    ev["ts"] = pd.to_datetime(ev["ts"], unit="s", utc=True)
+    ev["artist_id"], ev["genre"] = "x", None
+    return sessionize(ev)[0]
+
+
+def test_vocab_scope_train_val_keeps_test_cases_of_tracks_first_seen_in_validation():
+    sessions = _sessions_with_a_track_first_seen_in_validation()
+    cases = {}
+    for scope in ("train", "train_val"):
+        res = make_splits(sessions, "temporal", val_frac=0.2, test_frac=0.1, vocab_min_freq=1, vocab_scope=scope)
+        assert [res.frames[k]["session_id"].nunique() for k in ("train", "val", "test")] == [7, 2, 1]
+        assert res.meta["vocab_scope"] == scope
+        enc = encode_sessions(res.frames["test"], res.vocab)
+        cases[scope] = next_track_cases(enc, max_seq_len=5)
+        assert "z" not in res.vocab  # never a track of the test period
+    train_only = make_splits(sessions, "temporal", 0.2, 0.1, 1, "train").vocab
+    both = make_splits(sessions, "temporal", 0.2, 0.1, 1, "train_val").vocab
+    assert sorted(train_only.track_ids) == ["a", "b"]
+    assert sorted(both.track_ids) == ["a", "b", "c", "d"]
+    # counts cover the scope: a is played 14 times in training and twice in validation
+    assert both.counts[both.index_of("a") - 1] == 16 and both.counts[both.index_of("c") - 1] == 2
+    # test a c b z: with the train vocabulary only a -> b is a case (c unknown, z unknown);
+    # with train_val a -> c and a c -> b are
+    assert len(cases["train"]) == 1 and len(cases["train_val"]) == 2
+    assert both.decode(cases["train_val"].targets) == ["c", "b"]
+
+
+def test_vocab_scope_train_val_counts_leave_one_out_plays_once():
+    ev = pd.DataFrame({"user_id": ["u"] * 4, "track_id": ["x", "y", "z", "w"],
+                       "ts": pd.to_datetime([0, 60, 120, 180], unit="s", utc=True), "artist_id": "a", "genre": None})
+    sessions = sessionize(ev)[0]
+    # validation repeats the training plays x y before its target z: each is still one play
+    vocab = make_splits(sessions, "leave_one_out", vocab_min_freq=1, vocab_scope="train_val").vocab
+    assert dict(zip(vocab.track_ids, vocab.counts.tolist(), strict=True)) == {"x": 1, "y": 1, "z": 1}
+
+
+def test_unknown_vocab_scope_is_refused():
+    sessions = _sessions_with_a_track_first_seen_in_validation()
+    with pytest.raises(ValueError, match=r"vocab_scope: expected one of train, train_val, got 'all'"):
+        make_splits(sessions, "temporal", 0.2, 0.1, 1, "all")
+
+
+def test_splits_entry_point_logs_vocab_scope_and_refuses_a_bad_one(tmp_path):
+    import json
+
+    import mlflow
+    from typer.testing import CliRunner
+
+    from entrypoints.splits import app
+    from playlistai.data.layout import DataLayout
+
+    layout = DataLayout.of(tmp_path)
+    layout.processed_dir.mkdir(parents=True)
+    _sessions_with_a_track_first_seen_in_validation().to_parquet(layout.sessions)
+    args = ["--data-dir", str(tmp_path), "--val-frac", "0.2", "--test-frac", "0.1", "--vocab-min-freq", "1"]
+
+    bad = CliRunner().invoke(app, [*args, "--vocab-scope", "everything"])
+    assert bad.exit_code == 2 and "vocab_scope: expected one of train, train_val" in bad.output
+    assert not layout.splits_dir.exists()
+
+    ok = CliRunner().invoke(app, [*args, "--vocab-scope", "train_val"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(layout.splits_meta.read_text())["vocab_scope"] == "train_val"
+    run = mlflow.last_active_run()
+    assert run.data.params["vocab_scope"] == "train_val"
+    # of the test targets c, b, z only z (played in the test period alone) is unknown
+    assert run.data.metrics["vocab_size"] == 4
+    assert run.data.metrics["test_unknown_target_share"] == pytest.approx(1 / 3)

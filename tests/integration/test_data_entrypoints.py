@@ -103,3 +103,20 @@ def test_bad_input_fails_with_a_message_and_a_failed_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "entrypoints.preprocess", "--data-dir", str(tmp_path / "none")],
                           cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "run the `data` stage first" in proc.stderr
+
+
+def test_a_truncated_gzip_log_fails_with_one_line(tmp_path):
+    import gzip
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "a"), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    rows = "user_id,track_id,ts\n" + "".join(f"u{i % 9},t{i % 41},{1700000000 + 60 * i}\n" for i in range(5000))
+    data = gzip.compress(rows.encode())
+    cut = tmp_path / "plays.csv.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([sys.executable, "-m", "entrypoints.data", "--source", str(cut), "--data-dir",
+                           str(tmp_path / "d")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "plays.csv.gz: the gzip data ends early: the file is truncated" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "d" / "raw" / "events.parquet").exists()

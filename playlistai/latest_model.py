@@ -1,0 +1,83 @@
+"""The checkpoint of the latest finished training on the splits a data directory holds now.
+
+    python -m playlistai.latest_model --data-dir data/diginetica sasrec gru4rec
+    runs:/<id>/checkpoint,runs:/<id>/checkpoint        (what `evaluate -P model_uri=...` takes)
+
+Make recipes run `train` and `evaluate` as separate `mlflow run` commands, so the evaluation needs
+the id of the run the training just made. Every training run is tagged with its model family and
+with `data_hash`, the hash of the split files and vocabulary it trained on (the splits stage tags its
+run with the same hash). Matching on that hash rather than on the `data_dir` string finds a model
+trained on exactly the splits on disk now, however the path was spelled, and never one trained on
+splits that were rebuilt since: its vocabulary would not match and the evaluation would refuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import mlflow
+
+from playlistai.data.layout import SPLITS, DataLayout
+from playlistai.tracking import configure_mlflow, files_hash
+
+
+class NoTrainedModel(LookupError):
+    """No finished training run matches; the message says what to run."""
+
+
+def splits_hash(data_dir: str | Path) -> str:
+    """The `data_hash` tag of the splits stage and of every training run on these splits."""
+    layout = DataLayout.of(data_dir)
+    files = [layout.require(layout.split(s), "splits") for s in SPLITS] + [layout.require(layout.vocab, "splits")]
+    return files_hash(files)
+
+
+def latest_training_run(model: str, data_dir: str | Path, client: mlflow.MlflowClient | None = None,
+                        experiment_id: str | None = None) -> str:
+    """The id of the most recent FINISHED `train` run of `model` on the splits in `data_dir`."""
+    from playlistai.models.config import canonical_family  # imports torch: only when asked
+
+    family = canonical_family(model)
+    experiment_id = experiment_id or configure_mlflow()
+    client = client or mlflow.MlflowClient()
+    data_hash = splits_hash(data_dir)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.stage = 'train' and tags.model_family = '{family}' "
+                       f"and tags.data_hash = '{data_hash}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise NoTrainedModel(f"no finished `train` run of {family} on the splits in {data_dir} "
+                             f"(data_hash {data_hash[:12]}); train one first: "
+                             f"mlflow run . -e train -P model={family} -P data_dir={data_dir}")
+    return runs[0].info.run_id
+
+
+def checkpoint_uris(models: Sequence[str], data_dir: str | Path) -> list[str]:
+    experiment_id = configure_mlflow()
+    client = mlflow.MlflowClient()
+    return [f"runs:/{latest_training_run(m, data_dir, client, experiment_id)}/checkpoint" for m in models]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m playlistai.latest_model", description=__doc__.split("\n")[0])
+    parser.add_argument("models", nargs="+", help="sasrec | gru4rec (also comma-separated)")
+    parser.add_argument("--data-dir", required=True, help="the data directory the models trained on")
+    args = parser.parse_args(argv)
+    models = [m for arg in args.models for m in arg.split(",") if m.strip()]
+    try:
+        print(",".join(checkpoint_uris(models, args.data_dir)))
+    except (NoTrainedModel, FileNotFoundError, ValueError) as exc:
+        # one line, no traceback: make prints it and stops before an evaluation without its model
+        print(f"error: latest_model: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
