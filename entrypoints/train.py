@@ -36,9 +36,14 @@ def main(
     batch_size: str = typer.Option("256", help="global batch, split across Ray workers"),
     lr: str = typer.Option("0.001"),
     weight_decay: str = typer.Option("0.01"),
-    loss: str = typer.Option("ce", help="ce (full softmax) | sampled (sampled softmax with log-Q correction)"),
+    loss: str = typer.Option(
+        "auto", help="auto (by catalog size) | ce (full softmax, chunked) | sampled (sampled softmax, log-Q corrected)"
+    ),
     num_negatives: str = typer.Option("512", help="negatives per batch for loss=sampled"),
     label_smoothing: str = typer.Option(None, help="defaults to LOSS_LABEL_SMOOTH"),
+    ce_chunk_mb: str = typer.Option("256", help="loss=ce: MB of logits held at once (bounds peak memory)"),
+    precision: str = typer.Option("auto", help="auto (bf16 where the hardware has it) | bf16 | fp32"),
+    max_minutes: str = typer.Option("0", help="stop before an epoch that would end past this many minutes; 0 = none"),
     use_context: str = typer.Option("true", help="mix the hour and weekday of the next play in"),
     num_workers: str = typer.Option("2", help="Ray Train workers"),
     trainer: str = typer.Option("ray", help="ray | local (in-process, no Ray)"),
@@ -53,7 +58,8 @@ def main(
     raw = dict(
         model=model, d_model=d_model, n_layers=n_layers, n_heads=n_heads, dropout=dropout,
         max_seq_len=max_seq_len, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        loss=loss, num_negatives=num_negatives, label_smoothing=label_smoothing, use_context=use_context,
+        loss=loss, num_negatives=num_negatives, label_smoothing=label_smoothing, ce_chunk_mb=ce_chunk_mb,
+        precision=precision, max_minutes=max_minutes, use_context=use_context,
         num_workers=num_workers, trainer=trainer, seed=seed, patience=patience, data_dir=data_dir,
         resume_from=resume_from, val_max_cases=val_max_cases, storage_path=storage_path,
     )
@@ -75,6 +81,9 @@ def main(
             loss=loss,
             num_negatives=as_int(num_negatives, "num_negatives"),
             label_smoothing=opt(label_smoothing, lambda v: _float(v, "label_smoothing")),
+            ce_chunk_mb=_float(ce_chunk_mb, "ce_chunk_mb"),
+            precision=precision,
+            max_minutes=_float(max_minutes, "max_minutes"),
             use_context=as_bool(use_context, "use_context"),
             num_workers=as_int(num_workers, "num_workers"),
             trainer=trainer,
@@ -91,6 +100,7 @@ def main(
         best = outcome.summary.get("best_metrics", {})
         typer.echo(
             f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "
+            f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "
             f"val_ndcg_at_10={best.get('val_ndcg_at_10', float('nan')):.4f} "
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
             f"in {outcome.wall_seconds:.0f}s; run {outcome.run_id}, checkpoint runs:/{outcome.run_id}/checkpoint"

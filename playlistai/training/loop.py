@@ -3,7 +3,8 @@
 One epoch = every training window once (each worker its own shard), with every position of each
 window a next-track target. After each epoch the loop validates on the validation split with the
 evaluator (full catalog, tracks of the input excluded), keeps the best weights by val_ndcg_at_10,
-and stops after `patience` epochs without improvement.
+and stops after `patience` epochs without improvement, or once `max_minutes` of training would be
+exceeded by another epoch: epochs is a safety cap, not the way a run is meant to end.
 
 Distributed: with world_size > 1 the model runs under DistributedDataParallel. `batch_size` is
 the global batch (each of N workers takes batch_size / N), so 1 and 2 workers take the same
@@ -14,6 +15,7 @@ sees the same metric and takes the same early-stopping decision.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -33,8 +35,10 @@ from playlistai.evaluation.evaluator import evaluate_next_track
 from playlistai.models import SequenceRecommender
 from playlistai.models.base import trim_left_padding
 from playlistai.training.losses import LOSSES, make_loss
+from playlistai.training.precision import PRECISIONS, autocast_dtype
 
 EARLY_STOP_METRIC = "val_ndcg_at_10"
+STOP_REASONS = ("early_stopping", "max_minutes", "epochs")
 VAL_KS = (10, 20)
 STATE_FORMAT_VERSION = 1
 
@@ -47,9 +51,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100          # linear warm-up (at most one epoch), then constant: resuming never shifts it
     grad_clip: float = 1.0
-    loss: str = "ce"                 # 'ce' (full softmax) | 'sampled' (sampled softmax, log-Q corrected)
+    loss: str = "auto"               # 'ce' (full softmax) | 'sampled' (log-Q corrected) | 'auto' (by catalog size)
     num_negatives: int = 512         # sampled softmax only
     label_smoothing: float = 0.1     # full softmax only
+    ce_chunk_mb: float = 256.0       # full softmax: the logits of at most this many MB exist at once
+    precision: str = "auto"          # 'auto' (bf16 where the hardware runs it fast) | 'bf16' | 'fp32'
+    max_minutes: float = 0.0         # stop before an epoch that would end past this budget; 0 = none
     patience: int = 3                # epochs without val_ndcg_at_10 improvement before stopping; 0 = never stop early
     seed: int = 42
     val_max_cases: int = 5000        # per-epoch validation on a fixed random subset; 0 = all cases
@@ -76,6 +83,12 @@ class TrainConfig:
             problems.append(f"num_negatives must be >= 1, got {self.num_negatives}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.ce_chunk_mb > 0:
+            problems.append(f"ce_chunk_mb must be > 0, got {self.ce_chunk_mb}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.max_minutes < 0:
+            problems.append(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.patience < 0:
             problems.append(f"patience must be >= 0, got {self.patience}")
         if self.val_max_cases < 0:
@@ -174,12 +187,16 @@ def _distributed(world_size: int) -> bool:
     return world_size > 1 and dist.is_available() and dist.is_initialized()
 
 
-def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+def _all_reduce(values: list[float], world_size: int, op=None) -> list[float]:
     if not _distributed(world_size):
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op if op is not None else dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+    return _all_reduce(values, world_size)
 
 
 def validate(
@@ -240,6 +257,7 @@ class TrainState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    train_seconds: float = 0.0        # wall time of the epochs so far (resumed runs carry it on)
 
     def snapshot(self, model, optimizer, scheduler, model_config: dict, train_config: dict) -> dict[str, Any]:
         return {
@@ -252,6 +270,7 @@ class TrainState:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "stopped_early": self.stopped_early,
+            "train_seconds": self.train_seconds,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -268,6 +287,7 @@ class FitResult:
     best_metrics: dict[str, float]
     best_state: dict
     stopped_early: bool
+    stop_reason: str = "epochs"      # one of STOP_REASONS
 
     @property
     def epochs_run(self) -> int:
@@ -299,12 +319,15 @@ def fit(
     config.validate()
     device = torch.device(device)
     model.to(device)
+    amp_dtype = autocast_dtype(config.precision, device)
     loss_fn = make_loss(
         config.loss,
         label_smoothing=config.label_smoothing,
         num_negatives=config.num_negatives,
         item_counts=item_counts,
         vocab_size=model.config.vocab_size,
+        chunk_mb=config.ce_chunk_mb,
+        compute_dtype=amp_dtype or torch.float32,
     )
     step_module: nn.Module = _LossStep(model, loss_fn)
     if _distributed(world_size):
@@ -323,22 +346,30 @@ def fit(
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         torch.set_rng_state(resume_state["torch_rng"])
-        state = TrainState(**{f.name: resume_state[f.name] for f in fields(TrainState)})
+        state = TrainState(**{f.name: resume_state[f.name] for f in fields(TrainState) if f.name in resume_state})
         state.stopped_early = False
     else:
         # distinct dropout / sampling streams per rank; the weights are identical (DDP broadcasts)
         torch.manual_seed(config.seed + rank)
 
     snapshot = lambda: state.snapshot(model, optimizer, scheduler, model.config.to_dict(), config.to_dict())  # noqa: E731
+    stop_reason = "epochs"
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if config.patience and state.bad_epochs >= config.patience:
+            stop_reason = "early_stopping"
+            break
+        if _next_epoch_exceeds_budget(state, config, world_size):
+            stop_reason = "max_minutes"
             break
         record = _train_epoch(
-            step_module, model, train, optimizer, scheduler, config, epoch, rank, world_size, device, state
+            step_module, model, train, optimizer, scheduler, config, epoch, rank, world_size, device, state,
+            amp_dtype,
         )
         t_val = time.perf_counter()
         record.update(validate(model, val_cases, config, rank, world_size))
         record["epoch_seconds"] += time.perf_counter() - t_val
+        state.train_seconds += record["epoch_seconds"]
+        record["elapsed_minutes"] = state.train_seconds / 60
 
         score = record[EARLY_STOP_METRIC]
         state.epoch = epoch
@@ -358,6 +389,7 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(record, snapshot)
         if state.stopped_early:
+            stop_reason = "early_stopping"
             break
 
     best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
@@ -367,12 +399,26 @@ def fit(
         best_metrics=dict(best),
         best_state=state.best_model if state.best_model is not None else model.state_dict(),
         stopped_early=state.stopped_early,
+        stop_reason=stop_reason,
     )
+
+
+def _next_epoch_exceeds_budget(state: TrainState, config: TrainConfig, world_size: int) -> bool:
+    """True when another epoch, as long as the last one, would end past `max_minutes`.
+
+    Ranks take the slowest rank's figures, so they all stop at the same epoch (DDP needs it)."""
+    if not config.max_minutes or not state.history:
+        return False
+    spent, last = _all_reduce(
+        [state.train_seconds, state.history[-1]["epoch_seconds"]], world_size,
+        op=dist.ReduceOp.MAX if _distributed(world_size) else None,
+    )
+    return spent + last > config.max_minutes * 60
 
 
 def _train_epoch(
     step_module, model, train: TrainWindows, optimizer, scheduler, config: TrainConfig, epoch: int,
-    rank: int, world_size: int, device, state: TrainState,
+    rank: int, world_size: int, device, state: TrainState, amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     model.train()
     batches = epoch_batches(train.lengths, config.batch_size, epoch, config.seed, rank, world_size)
@@ -382,6 +428,7 @@ def _train_epoch(
         # a log file (a Ray worker's, a CI job's) gets a line per refresh: refresh rarely there
         mininterval=0.1 if sys.stderr.isatty() else 15.0,
     )
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     t0 = time.perf_counter()
     loss_sum, targets = 0.0, 0
     for idx in bar:
@@ -391,7 +438,8 @@ def _train_epoch(
             ids=train.input_ids[idx_t],
         )
         input_ids, target_ids, hours, dows = (t.to(device) for t in (input_ids, target_ids, hours, dows))
-        loss = step_module(input_ids, target_ids, hours, dows)
+        with autocast:
+            loss = step_module(input_ids, target_ids, hours, dows)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {state.global_step}")
         optimizer.zero_grad(set_to_none=True)

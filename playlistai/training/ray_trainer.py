@@ -3,7 +3,9 @@
 - Ray: an existing cluster when `RAY_ADDRESS` is set (e.g. the KubeRay head), otherwise a local Ray
   started here with no dashboard and a small object store (the trainer moves no data through it:
   each worker reads its own shard of the splits), shut down again afterwards.
-- Backend: gloo on CPU, NCCL when the workers have GPUs (TorchTrainer's default for each).
+- Backend: gloo on CPU, NCCL when the workers have GPUs (TorchTrainer's default for each). GPUs are
+  used when there are enough for one per worker: on the cluster `RAY_ADDRESS` names (as its
+  resources say), or on this machine without it.
 - MLflow: Ray Train V2 rejects the MLflowLoggerCallback, and N workers opening N runs would
   duplicate them; so the driver owns the run and passes its id to the workers, and only rank 0
   logs, into that run, by id (worker.MlflowEpochLogger).
@@ -62,14 +64,26 @@ def cpus_per_worker(num_workers: int, address: str | None) -> int:
     return max(1, (os.cpu_count() or 1) // num_workers)
 
 
+def gpus_for_workers(address: str | None, num_workers: int) -> bool:
+    """One GPU per worker available? Ray must be initialised (the cluster's resources are asked)."""
+    import ray
+
+    if address:
+        return ray.cluster_resources().get("GPU", 0) >= num_workers
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.device_count() >= num_workers
+
+
 def run_on_ray(
     worker_cfg: dict,
     num_workers: int,
     storage_path: str,
     name: str,
     address: str | None = None,
-    use_gpu: bool = False,
+    use_gpu: bool | None = None,
 ) -> RayRunResult:
+    """Train on Ray; `use_gpu=None` uses GPUs when there is one per worker (`gpus_for_workers`)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -77,6 +91,10 @@ def run_on_ray(
     started = start_ray(address, num_workers)
     try:
         cpus = cpus_per_worker(num_workers, address)
+        if use_gpu is None:
+            use_gpu = gpus_for_workers(address, num_workers)
+        if use_gpu:
+            log.info("training on %d GPU workers", num_workers)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={**worker_cfg, "threads": cpus},

@@ -42,9 +42,12 @@ class TrainParams:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
-    loss: str = "ce"
+    loss: str = "auto"
     num_negatives: int = 512
     label_smoothing: float = 0.1
+    ce_chunk_mb: float = 256.0
+    precision: str = "auto"
+    max_minutes: float = 0.0
     use_context: bool = True
     num_workers: int = 2
     trainer: str = "ray"
@@ -89,6 +92,9 @@ class TrainParams:
             loss=self.loss,
             num_negatives=self.num_negatives,
             label_smoothing=self.label_smoothing,
+            ce_chunk_mb=self.ce_chunk_mb,
+            precision=self.precision,
+            max_minutes=self.max_minutes,
             patience=self.patience,
             seed=self.seed,
             val_max_cases=self.val_max_cases,
@@ -225,8 +231,6 @@ def run_train_stage(
             states = find_state_dirs(state_root)
             last_state = states[-1] if states else None
         else:
-            import torch
-
             from playlistai.training.ray_trainer import run_on_ray
 
             result = run_on_ray(
@@ -235,7 +239,6 @@ def run_train_stage(
                 storage_path=str(storage),
                 name=run_id,
                 address=settings.RAY_ADDRESS,
-                use_gpu=torch.cuda.is_available() and not settings.RAY_ADDRESS,
             )
             summary, last_state = result.summary, result.checkpoint_dir
         if last_state is None:  # resumed a run that had already trained every epoch asked for
@@ -250,11 +253,13 @@ def run_train_stage(
         final.update(
             best_epoch=summary.get("best_epoch", 0),
             epochs_run=summary.get("epochs_run", 0),
+            best_epoch_minutes=summary.get("best_epoch_minutes", 0.0),
             stopped_early=float(bool(summary.get("stopped_early"))),
             train_wall_seconds=wall,
             peak_rss_mb=max(peak_rss_mb(), summary.get("peak_rss_mb", 0.0)),
         )
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
+        mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "precision", "device") if k in summary})
         mlflow.log_artifacts(str(last_state / BEST_DIR), artifact_path="checkpoint")
         if history:
             png = plot_training_curves(

@@ -45,6 +45,8 @@ from playlistai.data.vocab import Vocabulary
 from playlistai.models import ModelConfig, build_model
 from playlistai.training.checkpoint import save_checkpoint
 from playlistai.training.loop import TrainConfig, TrainWindows, fit, seed_everything
+from playlistai.training.losses import resolve_loss
+from playlistai.training.precision import autocast_dtype
 
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
@@ -227,7 +229,12 @@ def train_worker(cfg: dict) -> dict:
         "best_epoch": result.best_epoch,
         "best_metrics": result.best_metrics,
         "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
+        "loss": resolve_loss(train_config.loss, model_config.vocab_size - 1),
+        "precision": "bf16" if autocast_dtype(train_config.precision, device) else "fp32",
+        "device": device.type,
         "epochs_run": result.epochs_run,
+        "best_epoch_minutes": result.best_metrics.get("elapsed_minutes", 0.0),
         "train_windows": len(data.train),
         "train_targets": data.train.num_targets,
         "val_cases": len(data.val),

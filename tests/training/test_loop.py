@@ -106,7 +106,38 @@ def test_sampled_softmax_trains(tiny_training_data, run_fit, small_train_config)
 
 @pytest.mark.parametrize("kw, message", [(dict(epochs=-1), "epochs must be >= 1"),
                                          (dict(loss="bpr"), "loss must be one of"),
+                                         (dict(precision="fp16"), "precision must be one of"),
+                                         (dict(max_minutes=-1), "max_minutes must be >= 0"),
                                          (dict(patience=-2), "patience")])
 def test_invalid_train_config(kw, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kw).validate()
+
+
+def test_max_minutes_stops_before_an_epoch_that_would_overrun(tiny_training_data, run_fit, small_train_config):
+    # a budget of a few milliseconds: the first epoch always runs, no second one fits
+    _, result = run_fit(tiny_training_data, small_train_config(epochs=5, max_minutes=1e-5))
+    assert result.epochs_run == 1 and result.stop_reason == "max_minutes"
+    assert result.best_epoch == 1 and result.best_state
+    _, unbounded = run_fit(tiny_training_data, small_train_config(epochs=2))
+    assert unbounded.epochs_run == 2 and unbounded.stop_reason == "epochs"
+    assert unbounded.history[-1]["elapsed_minutes"] > unbounded.history[0]["elapsed_minutes"] > 0
+
+
+def test_bf16_autocast_trains_like_fp32(tiny_training_data, run_fit, small_train_config):
+    _, fp32 = run_fit(tiny_training_data, small_train_config(epochs=2, precision="fp32"))
+    _, bf16 = run_fit(tiny_training_data, small_train_config(epochs=2, precision="bf16"))
+    assert np.isfinite(bf16.history[-1]["train_loss"])
+    assert abs(bf16.history[-1]["train_loss"] - fp32.history[-1]["train_loss"]) < 0.05 * fp32.history[-1]["train_loss"]
+    assert bf16.history[-1]["val_recall_at_20"] > 0.5 * fp32.history[-1]["val_recall_at_20"]
+
+
+def test_precision_auto_takes_bf16_only_where_the_hardware_runs_it():
+    from playlistai.training.precision import autocast_dtype, fast_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if fast_bf16(cpu) else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_dtype("fp8", cpu)
