@@ -127,6 +127,8 @@ bench-train: $(STAMP)
 DATA ?= ../shared/data/diginetica/events.csv.gz
 REALDATA_DIR ?= data/diginetica
 REALDATA_TEST_FRAC := 0.078777
+# each model trains on the product defaults, within this budget (minutes)
+REALDATA_MINUTES ?= 30
 .PHONY: realdata-prepare realdata realdata-eval
 
 realdata-prepare: $(STAMP)
@@ -136,8 +138,8 @@ realdata-prepare: $(STAMP)
 	  -P val_frac=0.1 -P vocab_min_freq=1 -P vocab_scope=train_val
 
 realdata: realdata-prepare
-	$(MLFLOW_RUN) -e train -P model=sasrec -P data_dir=$(REALDATA_DIR) $(TRAIN_ARGS)
-	$(MLFLOW_RUN) -e train -P model=gru4rec -P data_dir=$(REALDATA_DIR) $(TRAIN_ARGS)
+	$(MLFLOW_RUN) -e train -P model=sasrec -P data_dir=$(REALDATA_DIR) -P max_minutes=$(REALDATA_MINUTES) -P val_exclude_seen=false $(TRAIN_ARGS)
+	$(MLFLOW_RUN) -e train -P model=gru4rec -P data_dir=$(REALDATA_DIR) -P max_minutes=$(REALDATA_MINUTES) -P val_exclude_seen=false $(TRAIN_ARGS)
 	$(MAKE) realdata-eval
 
 # the lookup runs first and stops the recipe when a model is missing, so no evaluation runs without it

@@ -1,15 +1,21 @@
-"""Training throughput of SASRec and GRU4Rec on `default` data, 1 vs 2 Ray Train workers.
+"""Training throughput and memory, old code against new, side by side in one run.
 
-    python bench/bench_train.py [--data-dir data/bench/default] [--models sasrec,gru4rec]
-                                [--workers 1,2] [--epochs 1] [--d-model 256]
+    python bench/bench_train.py [--datasets default,diginetica,large] [--old-ref <git ref>]
+                                [--models sasrec] [--workers 2] [--targets default=60000,...]
 
-The data stages run once into --data-dir if it holds no splits. Each (model, workers) pair then
-trains `--epochs` epochs with the product defaults (the `train` stage, trainer=ray) against a
-throwaway MLflow store, on one local Ray started once (its start-up is not counted). Reported per
-pair: training events (next-track targets) per second, seconds per epoch without and with the
-per-epoch validation, the last epoch's val_ndcg_at_10, the workers' peak RSS, and wall time per run
-(Ray worker start-up included). The load average is printed with the figures: on a shared machine
-other jobs slow every number down. The last line printed is one JSON object with every figure.
+Per dataset the benchmark trains one epoch of each model with the *product defaults* of each code
+version (the `train` stage, trainer=ray, `--workers` Ray Train workers on one local Ray) on a
+sample of the training sessions, so that the old code's full softmax on a large catalog finishes
+in minutes: the catalog (the vocabulary), and so the cost per target, is the dataset's own.
+
+- `default`, `large`: the synthetic presets, built under --data-root when absent.
+- `diginetica`: the splits `make realdata-prepare` writes (--diginetica-dir).
+
+The old code runs from a git worktree of --old-ref (default: the commit before the training work,
+see BENCHMARKS.md); both versions run alternately in fresh processes against throwaway MLflow
+stores. Reported per row: training events (next-track targets) per second, the Ray workers' peak
+RSS (rank 0), the loss and precision the defaults picked, and the 1-minute load average. The last
+line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,99 +34,149 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+DEFAULT_OLD_REF = "8dd00d0"
+DEFAULT_TARGETS = {"default": 60_000, "diginetica": 40_000, "large": 12_000}
+VAL_SESSIONS = 500
 
-def ensure_data(size: str, data_dir: Path) -> None:
+# runs inside the code version under test (cwd and PYTHONPATH = its tree); prints one JSON line
+WORKER_SNIPPET = r"""
+import json, sys
+from playlistai.config import get_settings
+from playlistai.training.stage import TrainParams, run_train_stage
+args = json.loads(sys.argv[1])
+settings = get_settings()
+params = TrainParams.from_settings(settings, model=args["model"], epochs=1, patience=0, trainer="ray",
+    num_workers=args["workers"], data_dir=args["data_dir"], storage_path=args["storage"], progress=False,
+    val_max_cases=200)
+out = run_train_stage(params, settings=settings)
+s = out.summary
+print("BENCH " + json.dumps({"events_per_second": s["history"][0]["train_events_per_second"],
+    "train_seconds": s["history"][0]["train_seconds"], "targets": s["train_targets"],
+    "peak_rss_mb_worker": s["peak_rss_mb"], "loss": s.get("loss", params.loss),
+    "precision": s.get("precision", "fp32"), "d_model": params.d_model, "wall_seconds": out.wall_seconds}))
+"""
+
+
+def ensure_dataset(name: str, data_root: Path, diginetica_dir: Path) -> Path:
+    if name == "diginetica":
+        from playlistai.data.layout import DataLayout
+
+        if not DataLayout.of(diginetica_dir).vocab.exists():
+            sys.exit(f"bench-train: no DIGINETICA splits in {diginetica_dir}; run `make realdata-prepare` first")
+        return diginetica_dir
     from playlistai.data.stages import ensure_synthetic_dataset
 
+    data_dir = data_root / name
     t0 = time.perf_counter()
-    if ensure_synthetic_dataset(data_dir, size):
-        print(f"bench-train: built {size} data in {time.perf_counter() - t0:.0f}s -> {data_dir}", file=sys.stderr)
+    if ensure_synthetic_dataset(data_dir, name):
+        print(f"bench-train: built {name} data in {time.perf_counter() - t0:.0f}s -> {data_dir}", file=sys.stderr)
+    return data_dir
+
+
+def sample_splits(source: Path, target: Path, train_targets: int, seed: int = 0) -> dict:
+    """A copy of `source`'s splits whose training split is a random sample of whole sessions with
+    about `train_targets` next-track targets (and a small validation split); same vocabulary."""
+    import numpy as np
+    import pandas as pd
+
+    from playlistai.data.layout import DataLayout
+
+    src, dst = DataLayout.of(source), DataLayout.of(target)
+    dst.splits_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src.vocab, dst.vocab)
+    shutil.copy(src.split("test"), dst.split("test"))
+    rng = np.random.default_rng(seed)
+    train = pd.read_parquet(src.split("train"))
+    per_session = train.groupby("session_id")["is_target"].sum()
+    order = rng.permutation(per_session.index.to_numpy())
+    keep = order[: int(np.searchsorted(per_session.loc[order].cumsum().to_numpy(), train_targets)) + 1]
+    train[train["session_id"].isin(keep)].to_parquet(dst.split("train"))
+    val = pd.read_parquet(src.split("val"))
+    val_ids = rng.permutation(val["session_id"].unique())[:VAL_SESSIONS]
+    val[val["session_id"].isin(val_ids)].to_parquet(dst.split("val"))
+    vocab_rows = len(pd.read_parquet(src.vocab))
+    return {"catalog": vocab_rows, "train_sessions": len(keep)}
+
+
+def run_version(tree: Path, args: dict, store: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+           "MLFLOW_ARTIFACT_ROOT": f"{store}/mlartifacts", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    proc = subprocess.run([sys.executable, "-c", WORKER_SNIPPET, json.dumps(args)], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")]
+    if proc.returncode or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"training in {tree} failed ({proc.returncode}):\n{tail}")
+    return json.loads(lines[-1][len("BENCH "):])
+
+
+def old_tree(ref: str, root: Path) -> Path:
+    path = root / "old"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref], check=True,
+                   capture_output=True)
+    return path
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(REPO / "data" / "bench" / "default"))
-    ap.add_argument("--size", default="default", help="synthetic size built when --data-dir has no splits")
-    ap.add_argument("--models", default="sasrec,gru4rec")
-    ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--d-model", type=int, default=None, help="defaults to MODEL_D")
-    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--datasets", default="default,diginetica,large")
+    ap.add_argument("--models", default="sasrec")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--old-ref", default=DEFAULT_OLD_REF, help="git ref of the old code ('' = new only)")
+    ap.add_argument("--targets", default="", help="per dataset, e.g. default=60000,large=12000")
+    ap.add_argument("--data-root", default=str(REPO / "data" / "bench"))
+    ap.add_argument("--diginetica-dir", default=str(REPO / "data" / "diginetica"))
     args = ap.parse_args()
 
-    store = tempfile.mkdtemp(prefix="bench-train-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["MLFLOW_ARTIFACT_ROOT"] = f"{store}/mlartifacts"
-    from playlistai.config import get_settings
-
-    get_settings.cache_clear()
-    settings = get_settings()
-    data_dir = Path(args.data_dir).resolve()
-    ensure_data(args.size, data_dir)
-
-    from playlistai.training.ray_trainer import start_ray
-    from playlistai.training.stage import TrainParams, run_train_stage
-
-    workers = [int(w) for w in args.workers.split(",")]
-    started = start_ray(settings.RAY_ADDRESS, max(workers))
+    targets = dict(DEFAULT_TARGETS)
+    for item in filter(None, args.targets.split(",")):
+        name, value = item.split("=")
+        targets[name] = int(value)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    versions = {"new": REPO}
+    if args.old_ref:
+        versions = {"old": old_tree(args.old_ref, work), **versions}
     results = []
-    load_before = os.getloadavg()
     try:
-        for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-            for n in workers:
-                overrides = {"d_model": args.d_model, "batch_size": args.batch_size}
-                params = TrainParams.from_settings(
-                    settings, model=model, epochs=args.epochs, patience=0, trainer="ray", num_workers=n,
-                    data_dir=str(data_dir), storage_path=f"{store}/storage", progress=False,
-                    **{k: v for k, v in overrides.items() if v is not None},
-                )
-                t0 = time.perf_counter()
-                outcome = run_train_stage(params, settings=settings)
-                wall = time.perf_counter() - t0
-                hist = outcome.summary["history"]
-                row = {
-                    "model": model,
-                    "workers": n,
-                    "d_model": params.d_model,
-                    "batch_size": params.batch_size,
-                    "epochs": len(hist),
-                    "train_events_per_epoch": outcome.summary["train_targets"],
-                    "events_per_second": sum(r["train_events_per_second"] for r in hist) / len(hist),
-                    "seconds_per_epoch": sum(r["train_seconds"] for r in hist) / len(hist),
-                    "seconds_per_epoch_with_val": sum(r["epoch_seconds"] for r in hist) / len(hist),
-                    "val_ndcg_at_10": hist[-1]["val_ndcg_at_10"],
-                    "peak_rss_mb_rank0": outcome.summary["peak_rss_mb"],
-                    "wall_seconds": wall,
-                    "load_avg_1m_after": os.getloadavg()[0],
-                }
-                results.append(row)
-                print(
-                    f"{model:8s} workers={n}  {row['events_per_second']:8.0f} events/s  "
-                    f"{row['seconds_per_epoch']:6.1f} s/epoch ({row['seconds_per_epoch_with_val']:.1f} with val)  "
-                    f"val_ndcg_at_10={row['val_ndcg_at_10']:.4f}  rss={row['peak_rss_mb_rank0']:.0f}MB  "
-                    f"wall={wall:.0f}s  load={row['load_avg_1m_after']:.1f}",
-                    flush=True,
-                )
+        for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
+            source = ensure_dataset(name, Path(args.data_root), Path(args.diginetica_dir))
+            sample = work / "data" / name
+            info = sample_splits(source, sample, targets.get(name, 40_000))
+            for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+                for version, tree in versions.items():
+                    store = work / "stores" / f"{name}-{model}-{version}"
+                    store.mkdir(parents=True)
+                    load = os.getloadavg()[0]
+                    row = run_version(tree, {"model": model, "workers": args.workers, "data_dir": str(sample),
+                                             "storage": str(store / "storage")}, store)
+                    row.update(dataset=name, model=model, version=version, workers=args.workers,
+                               catalog=info["catalog"], load_avg_1m_before=load)
+                    results.append(row)
+                    print(f"{name:10s} {model:8s} {version:3s} {row['events_per_second']:8.0f} events/s  "
+                          f"rss/worker={row['peak_rss_mb_worker']:6.0f}MB  loss={row['loss']} d={row['d_model']} "
+                          f"{row['precision']}  load={load:.1f}", flush=True)
     finally:
-        if started:
-            import ray
+        if args.old_ref:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")],
+                           capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
 
-            ray.shutdown()
-
-    speedup = {}
-    for model in {r["model"] for r in results}:
-        by_n = {r["workers"]: r["events_per_second"] for r in results if r["model"] == model}
-        if 1 in by_n and 2 in by_n:
-            speedup[model] = by_n[2] / by_n[1]
-    summary = {
-        "bench": "train",
-        "data_dir": str(data_dir),
+    ratios = {}
+    for r in results:
+        if r["version"] == "new":
+            old = next((o for o in results if o["version"] == "old" and o["dataset"] == r["dataset"]
+                        and o["model"] == r["model"]), None)
+            if old:
+                ratios[f"{r['dataset']}/{r['model']}"] = {
+                    "events_per_second_new_over_old": r["events_per_second"] / old["events_per_second"],
+                    "peak_rss_new_over_old": r["peak_rss_mb_worker"] / old["peak_rss_mb_worker"],
+                }
+    print(json.dumps({
+        "bench": "train", "date": time.strftime("%Y-%m-%d"), "old_ref": args.old_ref,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "load_avg_before": load_before,
-        "results": results,
-        "speedup_2_workers": speedup,
-    }
-    print(json.dumps(summary))
+        "results": results, "ratios": ratios,
+    }))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
 
     # model and training
     MODEL_NAME: Literal["transformer", "sasrec", "gru4rec"] = "transformer"
-    MODEL_D: int = Field(256, ge=8, le=4096)
+    MODEL_D: int = Field(128, ge=8, le=4096)
     LOSS_LABEL_SMOOTH: float = Field(0.1, ge=0.0, lt=1.0)
     RAY_ADDRESS: str | None = None
 

@@ -45,21 +45,24 @@ STATE_FORMAT_VERSION = 1
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 200                # a safety cap: runs end by early stopping or max_minutes
     batch_size: int = 256            # global batch, split across workers
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100          # linear warm-up (at most one epoch), then constant: resuming never shifts it
+    plateau_lr_factor: float = 0.5   # after an epoch without val improvement the lr is multiplied by this; 1 = off
     grad_clip: float = 1.0
     loss: str = "auto"               # 'ce' (full softmax) | 'sampled' (log-Q corrected) | 'auto' (by catalog size)
-    num_negatives: int = 512         # sampled softmax only
+    num_negatives: int = 2048        # sampled softmax only
     label_smoothing: float = 0.1     # full softmax only
     ce_chunk_mb: float = 256.0       # full softmax: the logits of at most this many MB exist at once
     precision: str = "auto"          # 'auto' (bf16 where the hardware runs it fast) | 'bf16' | 'fp32'
     max_minutes: float = 0.0         # stop before an epoch that would end past this budget; 0 = none
-    patience: int = 3                # epochs without val_ndcg_at_10 improvement before stopping; 0 = never stop early
+    epoch_windows: int = 0           # windows sampled per epoch (validation that often); 0 = all of them
+    patience: int = 2                # epochs without val_ndcg_at_10 improvement before stopping; 0 = never stop early
     seed: int = 42
     val_max_cases: int = 5000        # per-epoch validation on a fixed random subset; 0 = all cases
+    val_exclude_seen: bool = True    # validate as the evaluation will rank: without (true) or with repeats
     eval_batch_size: int = 512
     progress: bool = True            # tqdm bar per epoch (rank 0 only)
 
@@ -73,6 +76,8 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 < self.plateau_lr_factor <= 1.0:
+            problems.append(f"plateau_lr_factor must be in (0, 1], got {self.plateau_lr_factor}")
         if self.warmup_steps < 0:
             problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.grad_clip > 0:
@@ -87,6 +92,8 @@ class TrainConfig:
             problems.append(f"ce_chunk_mb must be > 0, got {self.ce_chunk_mb}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epoch_windows < 0:
+            problems.append(f"epoch_windows must be >= 0 (0 = every window), got {self.epoch_windows}")
         if self.max_minutes < 0:
             problems.append(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
         if self.patience < 0:
@@ -146,19 +153,22 @@ class TrainWindows:
 
 def epoch_batches(
     lengths: np.ndarray, batch_size: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
-    bucket_batches: int = 50,
+    bucket_batches: int = 50, sample: int = 0,
 ) -> list[np.ndarray]:
     """This rank's batches of window indices for one epoch.
 
-    A seeded shuffle, cut into equal shards (wrapping around, so every rank takes the same number
+    A seeded shuffle (its first `sample` windows only, when 0 < sample < all), cut into equal shards (wrapping around, so every rank takes the same number
     of steps: DDP all-reduces at each one). Within chunks of `bucket_batches` batches, windows are
     sorted by length so a batch trims little padding; batch order is shuffled again afterwards.
     """
     rng = np.random.default_rng([seed, epoch])
-    n = len(lengths)
+    perm = rng.permutation(len(lengths))
+    if 0 < sample < len(perm):
+        perm = perm[:sample]
+    n = len(perm)
     local_bs = math.ceil(batch_size / world_size)
     per_rank = math.ceil(n / world_size)
-    perm = np.resize(rng.permutation(n), per_rank * world_size)
+    perm = np.resize(perm, per_rank * world_size)
     shard = perm[rank::world_size]
     batches = []
     chunk = local_bs * bucket_batches
@@ -207,7 +217,7 @@ def validate(
     keys = [f"{m}_at_{k}" for m in ("recall", "ndcg", "mrr") for k in VAL_KS]
     if len(shard):
         metrics = evaluate_next_track(
-            model, shard, ks=VAL_KS, exclude_seen=True, batch_size=config.eval_batch_size
+            model, shard, ks=VAL_KS, exclude_seen=config.val_exclude_seen, batch_size=config.eval_batch_size
         )
         sums = [metrics[k] * len(shard) for k in keys]
     else:
@@ -258,6 +268,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     train_seconds: float = 0.0        # wall time of the epochs so far (resumed runs carry it on)
+    lr_scale: float = 1.0             # product of the plateau decays so far
 
     def snapshot(self, model, optimizer, scheduler, model_config: dict, train_config: dict) -> dict[str, Any]:
         return {
@@ -271,6 +282,7 @@ class TrainState:
             "history": self.history,
             "stopped_early": self.stopped_early,
             "train_seconds": self.train_seconds,
+            "lr_scale": self.lr_scale,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -334,12 +346,16 @@ def fit(
         step_module = nn.parallel.DistributedDataParallel(step_module)
     optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
     # warm-up never outlasts the first epoch: on small data 100 steps could be several epochs
-    steps_per_epoch = math.ceil(math.ceil(len(train) / world_size) / math.ceil(config.batch_size / world_size))
+    windows = min(config.epoch_windows or len(train), len(train))
+    steps_per_epoch = math.ceil(math.ceil(windows / world_size) / math.ceil(config.batch_size / world_size))
     warmup = max(1, min(config.warmup_steps, steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    state = TrainState()
+    # the schedule reads `state` when called, so a resumed state's decays apply from its first step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * state.lr_scale
+    )
     val_cases = validation_subset(val_cases, config.val_max_cases, config.seed)
 
-    state = TrainState()
     if resume_state is not None:
         _check_resumable(resume_state, model)
         model.load_state_dict(resume_state["model"])
@@ -378,6 +394,8 @@ def fit(
             state.best_model = copy.deepcopy(model.state_dict())
         else:
             state.bad_epochs += 1
+            # a plateau at this lr: smaller steps often find the next improvement
+            state.lr_scale *= config.plateau_lr_factor
         state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         state.history.append(record)
         if rank == 0 and config.progress:
@@ -421,7 +439,9 @@ def _train_epoch(
     rank: int, world_size: int, device, state: TrainState, amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     model.train()
-    batches = epoch_batches(train.lengths, config.batch_size, epoch, config.seed, rank, world_size)
+    batches = epoch_batches(
+        train.lengths, config.batch_size, epoch, config.seed, rank, world_size, sample=config.epoch_windows
+    )
     bar = tqdm(
         batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
         disable=not (config.progress and rank == 0),

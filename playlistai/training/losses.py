@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 LOSSES = ("auto", "ce", "sampled")
 # catalog size (tracks) from which `loss=auto` trains with sampled softmax (BENCHMARKS.md, "Losses")
-AUTO_SAMPLED_FROM = 500_000
+AUTO_SAMPLED_FROM = 20_000
 
 
 def resolve_loss(name: str, catalog_size: int) -> str:

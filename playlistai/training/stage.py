@@ -33,29 +33,32 @@ class TrainParams:
     """The `train` entry point's params (MLproject), with the defaults `make demo` relies on."""
 
     model: str = "sasrec"
-    d_model: int = 256
+    d_model: int = 128
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
     max_seq_len: int = 50
-    epochs: int = 10
+    epochs: int = 200
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     loss: str = "auto"
-    num_negatives: int = 512
+    num_negatives: int = 2048
     label_smoothing: float = 0.1
     ce_chunk_mb: float = 256.0
     precision: str = "auto"
     max_minutes: float = 0.0
+    epoch_windows: int = 0
     use_context: bool = True
     num_workers: int = 2
     trainer: str = "ray"
     seed: int = 42
     patience: int = 2
+    plateau_lr_factor: float = 0.5
     data_dir: str = "data"
     resume_from: str = ""
     val_max_cases: int = 5000
+    val_exclude_seen: bool = True
     storage_path: str = "outputs/train"
     progress: bool = True
 
@@ -95,9 +98,12 @@ class TrainParams:
             ce_chunk_mb=self.ce_chunk_mb,
             precision=self.precision,
             max_minutes=self.max_minutes,
+            epoch_windows=self.epoch_windows,
             patience=self.patience,
+            plateau_lr_factor=self.plateau_lr_factor,
             seed=self.seed,
             val_max_cases=self.val_max_cases,
+            val_exclude_seen=self.val_exclude_seen,
             progress=self.progress,
         )
 

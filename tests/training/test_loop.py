@@ -141,3 +141,18 @@ def test_precision_auto_takes_bf16_only_where_the_hardware_runs_it():
     assert autocast_dtype("auto", cpu) is (torch.bfloat16 if fast_bf16(cpu) else None)
     with pytest.raises(ValueError, match="precision must be one of"):
         autocast_dtype("fp8", cpu)
+
+
+def test_a_plateau_halves_the_learning_rate(tiny_training_data, run_fit, small_train_config):
+    # an absurd learning rate makes every epoch after the first worse: each one halves the lr
+    config = small_train_config(epochs=3, patience=0, lr=0.5, warmup_steps=1, plateau_lr_factor=0.5)
+    _, result = run_fit(tiny_training_data, config)
+    scores = [r["val_ndcg_at_10"] for r in result.history]
+    bad = sum(scores[i] <= max(scores[:i]) for i in range(1, len(scores)))
+    assert bad >= 1
+    assert result.history[-1]["lr"] == pytest.approx(0.5 * 0.5 ** bad_before_last(scores))
+
+
+def bad_before_last(scores):
+    """Epochs before the last that did not improve on the best so far (each decayed the lr)."""
+    return sum(scores[i] <= max(scores[:i]) for i in range(1, len(scores) - 1))
