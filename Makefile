@@ -107,16 +107,23 @@ logs:
 	$(COMPOSE) logs -f --tail=200 $(SERVICE)
 
 # -- training: `make train MODEL=gru4rec TRAIN_ARGS="-P epochs=5 -P trainer=local"` (README "Training").
-# bench-train: events/s and s/epoch of both models, 1 vs 2 Ray workers, on `default` (BENCHMARKS.md)
+# bench-train: events/s and peak RSS per Ray worker, old code (BENCH_OLD_REF) vs new, on `default`,
+# DIGINETICA (`make realdata-prepare` first) and `large` (BENCHMARKS.md). bench-loss: the loss alone.
 MODEL ?= sasrec
 TRAIN_ARGS ?=
-.PHONY: train bench-train
+BENCH_TRAIN_DATASETS ?= default,diginetica,large
+BENCH_OLD_REF ?= 8dd00d0
+.PHONY: train bench-train bench-loss
 
 train: $(STAMP)
 	$(MLFLOW_RUN) -e train -P model=$(MODEL) -P data_dir=$(DATA_DIR) $(TRAIN_ARGS)
 
 bench-train: $(STAMP)
-	$(PY) bench/bench_train.py --data-dir $(BENCH_DATA_ROOT)/default
+	$(PY) bench/bench_train.py --datasets $(BENCH_TRAIN_DATASETS) --old-ref $(BENCH_OLD_REF) \
+	  --data-root $(BENCH_DATA_ROOT) --diginetica-dir $(REALDATA_DIR)
+
+bench-loss: $(STAMP)
+	$(PY) bench/bench_loss.py
 
 # -- real data: DIGINETICA (README "Real data: DIGINETICA"). `make realdata-prepare`: data -> preprocess ->
 # splits under the published protocol: a temporal split whose test part is the 15,963 published test
