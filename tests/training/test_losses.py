@@ -106,9 +106,11 @@ def test_bf16_full_softmax_stays_close_to_float32():
     assert F.cosine_similarity(low_grad.reshape(1, -1), ref_grad.reshape(1, -1)).item() > 0.99
 
 
-def test_auto_picks_the_full_softmax_for_small_catalogs_and_sampled_for_huge_ones():
-    assert resolve_loss("auto", 43_097) == "ce"
+def test_auto_picks_the_full_softmax_for_small_catalogs_and_sampled_for_large_ones():
+    assert resolve_loss("auto", 6_088) == "ce"
+    assert resolve_loss("auto", AUTO_SAMPLED_FROM - 1) == "ce"
     assert resolve_loss("auto", AUTO_SAMPLED_FROM) == "sampled"
+    assert resolve_loss("auto", 43_097) == "sampled"
     assert resolve_loss("ce", 10**7) == "ce"
     assert isinstance(make_loss("auto", vocab_size=1_000), FullSoftmaxLoss)
     assert isinstance(make_loss("auto", vocab_size=AUTO_SAMPLED_FROM + 1, num_negatives=8), SampledSoftmaxLoss)
