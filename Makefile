@@ -9,8 +9,10 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 SIZE ?= default
 DATA_DIR ?= data
 SEED ?= 42
-# the experiment is created first so that its artifacts go to ./mlartifacts (see playlistai/tracking.py)
-MLFLOW_RUN := $(PY) -m playlistai.tracking >/dev/null && $(VENV)/bin/mlflow run . --env-manager local --experiment-name playlistai
+# the experiment is created first so that its artifacts go to ./mlartifacts, and `mlflow run` gets the
+# tracking URI and experiment of the settings (environment or .env; see playlistai/tracking.py)
+MLFLOW_RUN := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
+  $(VENV)/bin/mlflow run . --env-manager local
 
 .PHONY: setup data preprocess splits test lint demo clean
 

@@ -7,7 +7,7 @@ import typer
 from entrypoints.common import as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.data.stages import run_data
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -33,7 +33,7 @@ def main(
         params = dict(source=source, format=format, size=size, seed=seed_int, data_dir=data_dir, user_col=user_col,
                       track_col=track_col, ts_col=ts_col, artist_col=artist_col, genre_col=genre_col,
                       time_unit=time_unit, vocab_min_freq=settings.VOCAB_MIN_FREQ)
-        with stage_run("data", params, settings=settings):
+        with stage_run("data", params, settings=settings) as run:
             metrics = run_data(
                 data_dir, source=source, size=size, seed=seed_int, fmt=format, time_unit=time_unit,
                 columns=dict(user_col=user_col, track_col=track_col, ts_col=ts_col, artist_col=artist_col,
@@ -41,7 +41,7 @@ def main(
                 vocab_min_freq=settings.VOCAB_MIN_FREQ,
             )
         summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("users", "tracks", "events") if k in metrics)
-        typer.echo(f"data: {summary} -> {data_dir}/raw")
+        typer.echo(f"data: {summary} -> {data_dir}/raw; {run_location(run.info.run_id)}")
 
 
 if __name__ == "__main__":

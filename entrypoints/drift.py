@@ -10,7 +10,7 @@ import typer
 from entrypoints.common import as_int, cli_errors
 from monitoring.drift_job import DriftJobConfig, run_drift_job, summary_lines
 from playlistai.config import get_settings
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -33,9 +33,9 @@ def main(
             p_val=p_val or None,
         )
         params = {k: v for k, v in config.__dict__.items() if k != "redis_url"}
-        with stage_run("drift", params, settings=settings):
+        with stage_run("drift", params, settings=settings) as run:
             state = run_drift_job(config)
-        typer.echo("\n".join(summary_lines(state)))
+        typer.echo("\n".join([*summary_lines(state), f"drift: {run_location(run.info.run_id)}"]))
 
 
 if __name__ == "__main__":

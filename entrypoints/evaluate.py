@@ -7,7 +7,7 @@ import typer
 from entrypoints.common import as_bool, as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.evaluation.stage import check_split, parse_baselines, parse_ks, run_evaluate
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -46,12 +46,13 @@ def main(
         # refused before any run is opened: a leaking evaluation should leave no trace to misread
         check_split(params["split"], params["allow_train_split"])
         logged = {**params, "ks": ",".join(map(str, params["ks"])), "baselines": ",".join(params["baselines"])}
-        with stage_run("evaluate", logged, settings=settings):
+        with stage_run("evaluate", logged, settings=settings) as run:
             report = run_evaluate(**params)
         for row in report["rows"]:
             m = row["metrics"]
             typer.echo(f"evaluate: {report['split']} {row['name']:<14} recall@20 {m['recall_at_20']:.4f} "
                        f"ndcg@10 {m['ndcg_at_10']:.4f} ({row['kind']})")
+        typer.echo(f"evaluate: {run_location(run.info.run_id)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from entrypoints.common import as_bool, as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.registry.pipeline import PipelineError, parse_models, run_pipeline
 from playlistai.registry.promotion import PROMOTE_MODES
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -58,7 +58,7 @@ def main(
         )
         logged = {**{k: v for k, v in params.items() if k != "train_params"}, **params["train_params"],
                   "models": ",".join(params["models"])}
-        with stage_run("main", logged, settings=settings):
+        with stage_run("main", logged, settings=settings) as run:
             try:
                 summary = run_pipeline(**params)
             except PipelineError as exc:
@@ -67,6 +67,7 @@ def main(
             typer.echo(f"main: {model:<8} test ndcg@10 {m['test_ndcg_at_10']:.4f} recall@20 {m.get('test_recall_at_20', 0):.4f}")
         typer.echo(f"main: registered {summary['best_model']} as v{summary['registered_version']}: "
                    f"{summary['gate_decision']} ({summary['gate_reason']})")
+        typer.echo(f"main: {run_location(run.info.run_id)}, a child run per stage")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import typer
 from entrypoints.common import as_bool, as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.data.stages import run_preprocess
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -29,10 +29,10 @@ def main(
             collapse_repeats=as_bool(collapse_repeats, "collapse_repeats"),
             timezone=timezone or settings.TIMEZONE,
         )
-        with stage_run("preprocess", params, settings=settings):
+        with stage_run("preprocess", params, settings=settings) as run:
             m = run_preprocess(**params)
         typer.echo(f"preprocess: {m['sessions']:.0f} sessions, {m['events_out']:.0f} events, "
-                   f"mean length {m['session_len_mean']:.2f}")
+                   f"mean length {m['session_len_mean']:.2f}; {run_location(run.info.run_id)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from entrypoints.common import as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.registry.stage import run_register
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -55,11 +55,11 @@ def main(
             ann_index=ann_index,
             target_overlap=target_overlap,
         )
-        with stage_run("register", params, settings=settings):
+        with stage_run("register", params, settings=settings) as run:
             summary = run_register(**params)
         d = summary["decision"]
         typer.echo(f"register: {summary['model_name']} v{summary['version']}: {d['decision']} "
-                   f"({summary['alias']} -> v{d['production_after']}): {d['reason']}")
+                   f"({summary['alias']} -> v{d['production_after']}): {d['reason']}; {run_location(run.info.run_id)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from entrypoints.common import as_int, cli_errors
 from playlistai.config import get_settings
 from playlistai.data.splits import parse_vocab_scope
 from playlistai.data.stages import run_splits
-from playlistai.tracking import stage_run
+from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -35,10 +35,11 @@ def main(
             max_seq_len=as_int(max_seq_len or settings.MAX_SEQ_LEN, "max_seq_len", minimum=2),
             vocab_scope=parse_vocab_scope(vocab_scope),
         )
-        with stage_run("splits", params, settings=settings):
+        with stage_run("splits", params, settings=settings) as run:
             m = run_splits(**params)
         typer.echo(f"splits: vocab {m['vocab_size']:.0f} tracks; train/val/test sessions "
-                   f"{m['train_sessions']:.0f}/{m['val_sessions']:.0f}/{m['test_sessions']:.0f}")
+                   f"{m['train_sessions']:.0f}/{m['val_sessions']:.0f}/{m['test_sessions']:.0f}; "
+                   f"{run_location(run.info.run_id)}")
 
 
 if __name__ == "__main__":

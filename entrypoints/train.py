@@ -12,6 +12,7 @@ import typer
 
 from entrypoints.common import as_bool, as_int, cli_errors
 from playlistai.config import get_settings
+from playlistai.tracking import run_location
 from playlistai.training.stage import TrainParams, run_train_stage
 
 app = typer.Typer(add_completion=False)
@@ -109,7 +110,7 @@ def main(
             f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "
             f"val_ndcg_at_10={best.get('val_ndcg_at_10', float('nan')):.4f} "
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
-            f"in {outcome.wall_seconds:.0f}s; run {outcome.run_id}, checkpoint runs:/{outcome.run_id}/checkpoint"
+            f"in {outcome.wall_seconds:.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
         )
 
 

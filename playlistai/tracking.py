@@ -2,12 +2,18 @@
 
 - The tracking URI comes from Settings (`sqlite:///mlflow.db` by default, a server when set).
 - With a database store (SQLite, or PostgreSQL without a server), the experiment's artifacts go
-  to `./mlartifacts` (MLFLOW_ARTIFACT_ROOT), never `./mlruns`; `mlflow run` would create the
-  experiment with `./mlruns`, so `make` creates it first (`python -m playlistai.tracking`).
-- `stage_run` opens the run of one stage: under `mlflow run` it resumes the run the project
-  launcher created (MLFLOW_RUN_ID), otherwise it starts one; it logs every param, tags the stage,
+  to `./mlartifacts` (MLFLOW_ARTIFACT_ROOT), never `./mlruns`. `make` creates the experiment
+  first (`python -m playlistai.tracking`) and hands `mlflow run` the tracking URI and experiment
+  name of Settings (so `.env` counts for the launcher too).
+- `stage_run` opens the run of one stage: under `mlflow run` it logs into the run the project
+  launcher created (MLFLOW_RUN_ID), in whatever experiment the launcher put it (`Default` when
+  `mlflow run` is given no experiment), otherwise it starts one in MLFLOW_EXPERIMENT_NAME. An
+  experiment the launcher created itself has MLflow's default artifact location, `./mlruns/<id>`;
+  on a database store the stage moves it (and its own run, which holds no artifact yet) to
+  `MLFLOW_ARTIFACT_ROOT/<id>` before logging anything. The stage logs every param, tags the stage,
   the git commit and the product version, and marks the run FAILED when the stage raises, with
-  the error (`ExceptionType: message`) in the run's `error` tag.
+  the error (`ExceptionType: message`) in the run's `error` tag. `run_location` says where a
+  run is, for the stage's last line.
 - A process killed outright (SIGKILL, out of memory) cannot end its run, which would stay RUNNING
   for ever. Every stage run is tagged with the process that runs it (`stage_process` =
   `<host>:<pid>`), and each stage that starts ends the RUNNING runs of this host whose process is
@@ -20,12 +26,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shlex
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 
@@ -45,12 +55,27 @@ def _is_local_store(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "databricks"))
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _is_database_store(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES
+
+
+def tracking_uri(settings: Settings | None = None) -> str:
+    """The tracking store: MLFLOW_TRACKING_URI of the environment (what `mlflow run` hands its
+    command), else of Settings (`.env`, then the default)."""
+    settings = settings or get_settings()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.MLFLOW_TRACKING_URI
+    if uri.startswith("file:") or uri.rstrip("/").endswith("mlruns") and "://" not in uri:
+        raise ValueError(f"MLFLOW_TRACKING_URI={uri!r}: the plain file store is not supported; use sqlite:/// or a server")
+    return uri
+
+
 def configure_mlflow(settings: Settings | None = None) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
     settings = settings or get_settings()
-    uri = os.environ.get("MLFLOW_TRACKING_URI", settings.MLFLOW_TRACKING_URI)
-    if uri.startswith("file:") or uri.rstrip("/").endswith("mlruns") and "://" not in uri:
-        raise ValueError(f"MLFLOW_TRACKING_URI={uri!r}: the plain file store is not supported; use sqlite:/// or a server")
+    uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
     name = settings.MLFLOW_EXPERIMENT_NAME
     experiment = mlflow.get_experiment_by_name(name)
@@ -67,6 +92,87 @@ def configure_mlflow(settings: Settings | None = None) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _local_path(location: str) -> Path | None:
+    """The local directory of an artifact location (a path or a file: URI), None elsewhere."""
+    if location.startswith("file:"):
+        return Path(url2pathname(urlparse(location).path))
+    if "://" in location or not location.startswith("/"):
+        return None
+    return Path(location)
+
+
+def _is_mlflow_default_location(location: str, experiment_id: str) -> bool:
+    """MLflow's artifact location for an experiment created without one: `<cwd>/mlruns/<id>`."""
+    path = _local_path(location)
+    return path is not None and path.name == str(experiment_id) and path.parent.name == "mlruns"
+
+
+def _holds_files(location: str) -> bool:
+    path = _local_path(location)
+    return path is not None and path.is_dir() and any(p.is_file() for p in path.rglob("*"))
+
+
+def _move_out_of_mlruns(client: mlflow.MlflowClient, run, experiment, settings: Settings) -> str | None:
+    """Point an experiment `mlflow run` created (artifacts in `./mlruns/<id>`) and the launcher's
+    run in it at `MLFLOW_ARTIFACT_ROOT/<id>`. Only the database row changes: MLflow has no call for
+    it. The run moves only while it holds no artifact (it was just created). Returns the new
+    experiment location, or None when nothing was to move."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
+    from mlflow.utils.uri import append_to_uri_path
+
+    experiment_id = experiment.experiment_id
+    location = (Path(settings.MLFLOW_ARTIFACT_ROOT).resolve() / str(experiment_id)).as_uri()
+    run_uri = append_to_uri_path(location, run.info.run_id, "artifacts")
+    move_run = (run.info.artifact_uri.startswith(experiment.artifact_location)
+                and not _holds_files(run.info.artifact_uri) and len(run_uri) <= 200)
+    store = client._tracking_client.store
+    with store.ManagedSessionMaker() as session:
+        session.query(SqlExperiment).filter(SqlExperiment.experiment_id == int(experiment_id)).update(
+            {SqlExperiment.artifact_location: location}, synchronize_session=False)
+        if move_run:
+            session.query(SqlRun).filter(SqlRun.run_uuid == run.info.run_id).update(
+                {SqlRun.artifact_uri: run_uri}, synchronize_session=False)
+    if not move_run:
+        log.warning("run %s keeps its artifacts at %s (it already holds some)", run.info.run_id, run.info.artifact_uri)
+    return location
+
+
+def use_launcher_run(run_id: str, settings: Settings | None = None) -> str:
+    """Under `mlflow run`: make the experiment of the launcher's run the active one; return its id.
+
+    The launcher chose that experiment (`--experiment-name`, MLFLOW_EXPERIMENT_NAME or
+    MLFLOW_EXPERIMENT_ID of the environment, else `Default`), so it is where the run stays.
+    """
+    settings = settings or get_settings()
+    uri = tracking_uri(settings)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(f"MLFLOW_RUN_ID={run_id}: no such run in the tracking store {uri}") from None
+    experiment = client.get_experiment(run.info.experiment_id)
+    if (_is_database_store(uri) and experiment.artifact_location
+            and _is_mlflow_default_location(experiment.artifact_location, experiment.experiment_id)):
+        try:
+            _move_out_of_mlruns(client, run, experiment, settings)
+        except Exception as exc:  # the stage's work matters more than where its files go
+            log.warning("artifacts of experiment %r stay at %s: %s", experiment.name, experiment.artifact_location, exc)
+    if experiment.name != settings.MLFLOW_EXPERIMENT_NAME and "mlflow.parentRunId" not in run.data.tags:
+        log.warning("note: `mlflow run` put this run in experiment %r; MLFLOW_EXPERIMENT_NAME is %r "
+                    "(pass --experiment-name %s, or export MLFLOW_EXPERIMENT_NAME, to log there)",
+                    experiment.name, settings.MLFLOW_EXPERIMENT_NAME, shlex.quote(settings.MLFLOW_EXPERIMENT_NAME))
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def run_location(run_id: str) -> str:
+    """`run <id> in experiment '<name>'`: where a stage's results are, for its last line."""
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    return f"run {run_id} in experiment '{client.get_experiment(run.info.experiment_id).name}'"
 
 
 def git_commit() -> str:
@@ -136,10 +242,13 @@ def stage_run(
     run_name: str | None = None,
     nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
-    configure_mlflow(settings)
     # taken out of the environment (as mlflow.start_run does when it reads it itself): left there,
     # a later start_run(nested=True) in this stage would resume this run instead of a child
     run_id = os.environ.pop("MLFLOW_RUN_ID", None) if not nested else None
+    if run_id:
+        use_launcher_run(run_id, settings)
+    elif not (nested and mlflow.active_run()):  # a child stays in its parent's experiment
+        configure_mlflow(settings)
     with mlflow.start_run(run_id=run_id, run_name=run_name or stage, nested=nested) as run:
         mlflow.set_tags(
             {
@@ -217,6 +326,32 @@ def mark_failed(exc: BaseException) -> None:
         log.warning("could not mark the run FAILED: %s", end_exc)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m playlistai.tracking`: create the experiment (with its artifact root), print its id.
+
+    `--shell` prints `export` lines instead, for `mlflow run` to use the tracking URI and the
+    experiment of Settings (environment or `.env`): `eval "$(python -m playlistai.tracking --shell)"`.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m playlistai.tracking", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--shell", action="store_true", help="print export lines of MLFLOW_TRACKING_URI and "
+                        "MLFLOW_EXPERIMENT_NAME instead of the experiment id")
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+        experiment_id = configure_mlflow(settings)
+        uri = tracking_uri(settings)
+    except (ValueError, mlflow.exceptions.MlflowException) as exc:
+        print(f"error: tracking: {exc}", file=sys.stderr)
+        return 2
+    if args.shell:
+        print(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
+        print(f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(settings.MLFLOW_EXPERIMENT_NAME)}")
+    else:
+        print(experiment_id)
+    return 0
+
+
 if __name__ == "__main__":
-    # `python -m playlistai.tracking`: create the experiment (with its artifact root) and print its id
-    print(configure_mlflow())
+    sys.exit(main())
