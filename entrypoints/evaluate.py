@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_bool, as_int, cli_errors
+from entrypoints.common import as_bool, as_int, cli_errors, require_splits
 from playlistai.config import get_settings
 from playlistai.evaluation.stage import check_split, parse_baselines, parse_ks, run_evaluate
 from playlistai.tracking import run_location, stage_run
@@ -45,6 +45,7 @@ def main(
         )
         # refused before any run is opened: a leaking evaluation should leave no trace to misread
         check_split(params["split"], params["allow_train_split"])
+        require_splits(params["data_dir"])
         logged = {**params, "ks": ",".join(map(str, params["ks"])), "baselines": ",".join(params["baselines"])}
         with stage_run("evaluate", logged, settings=settings) as run:
             report = run_evaluate(**params)

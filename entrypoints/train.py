@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_bool, as_int, cli_errors
+from entrypoints.common import as_bool, as_int, cli_errors, require_splits
 from playlistai.config import get_settings
 from playlistai.tracking import run_location
 from playlistai.training.stage import TrainParams, run_train_stage
@@ -102,7 +102,11 @@ def main(
             storage_path=storage_path,
             progress=as_bool(progress, "progress"),
         )
-        params.validate()
+        try:
+            params.validate()
+        except FileNotFoundError:
+            require_splits(params.data_dir)    # says what to run first
+            raise
         outcome = run_train_stage(params, log_params={k: v for k, v in raw.items() if v is not None}, settings=settings)
         best = outcome.summary.get("best_metrics", {})
         typer.echo(

@@ -181,3 +181,16 @@ def test_tracking_cli_refuses_a_bad_setting_in_one_line(clone):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: tracking: MLFLOW_TRACKING_URI='file:///tmp/mlruns': the plain file store")
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_bare_train_on_a_fresh_clone_says_what_to_run_first(clone):
+    proc = bare_run(clone, "train", {}, bare_env())
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: train: no splits in data/ (data/splits/train.parquet is missing); run first "
+        "`make data preprocess splits` (or `mlflow run . -e data --env-manager local && "
+        "mlflow run . -e preprocess --env-manager local && mlflow run . -e splits --env-manager local`)"
+    ]
+    assert not (clone / "data").exists() and not (clone / "mlruns").exists()

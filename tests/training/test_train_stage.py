@@ -50,7 +50,8 @@ def test_bad_params_exit_non_zero_without_a_traceback(tmp_path):
 def test_missing_splits_are_reported(tmp_path):
     result = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
-    assert "run the `splits` stage first" in result.output
+    assert f"no splits in {tmp_path / 'nowhere'}/" in result.output
+    assert f"run first `make data preprocess splits DATA_DIR={tmp_path / 'nowhere'}`" in result.output
 
 
 def test_params_default_from_settings():
