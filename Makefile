@@ -69,15 +69,19 @@ NUM_WORKERS ?= 0
 RUN_ID ?=
 VERSION ?=
 PROMOTE ?= auto
-.PHONY: pipeline register promote rollback
+.PHONY: pipeline register export promote rollback
 
 pipeline: $(STAMP)
 	$(MLFLOW_RUN) -e main -P size=$(SIZE) -P seed=$(SEED) -P data_dir=$(DATA_DIR) -P models=$(MODELS) \
 	  -P epochs=$(EPOCHS) -P num_workers=$(NUM_WORKERS)
 
-# `make register RUN_ID=<training run>`: a new version, gated
+# `make register` (alias `make export`): package the latest finished training run on DATA_DIR's splits
+# as a pyfunc model, register it and gate it; `RUN_ID=<training run>` picks another run
 register: $(STAMP)
-	$(MLFLOW_RUN) -e register -P run_id=$(RUN_ID) -P data_dir=$(DATA_DIR) -P promote=$(PROMOTE)
+	run_id=$(if $(RUN_ID),$(RUN_ID),$$($(PY) -m playlistai.latest_model --data-dir $(DATA_DIR) --run-id)) && \
+	  $(MLFLOW_RUN) -e register -P run_id=$$run_id -P data_dir=$(DATA_DIR) -P promote=$(PROMOTE)
+
+export: register
 
 # `make promote VERSION=N`: gate an existing version again; `make rollback VERSION=N`: move production to N
 promote: $(STAMP)

@@ -2,6 +2,8 @@
 
     python -m playlistai.latest_model --data-dir data/diginetica sasrec gru4rec
     runs:/<id>/checkpoint,runs:/<id>/checkpoint        (what `evaluate -P model_uri=...` takes)
+    python -m playlistai.latest_model --data-dir data --run-id
+    <id>                                               (the latest of any model: `make export`)
 
 Make recipes run `train` and `evaluate` as separate `mlflow run` commands, so the evaluation needs
 the id of the run the training just made. Every training run is tagged with its model family and
@@ -35,26 +37,31 @@ def splits_hash(data_dir: str | Path) -> str:
     return files_hash(files)
 
 
-def latest_training_run(model: str, data_dir: str | Path, client: mlflow.MlflowClient | None = None,
+def latest_training_run(model: str | None, data_dir: str | Path, client: mlflow.MlflowClient | None = None,
                         experiment_id: str | None = None) -> str:
-    """The id of the most recent FINISHED `train` run of `model` on the splits in `data_dir`."""
-    from playlistai.models.config import canonical_family  # imports torch: only when asked
+    """The id of the most recent FINISHED `train` run of `model` (of any model when None) on the
+    splits in `data_dir`."""
+    family = None
+    if model is not None:
+        from playlistai.models.config import canonical_family  # imports torch: only when asked
 
-    family = canonical_family(model)
+        family = canonical_family(model)
     experiment_id = experiment_id or configure_mlflow()
     client = client or mlflow.MlflowClient()
     data_hash = splits_hash(data_dir)
+    of_family = f"tags.model_family = '{family}' and " if family else ""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.stage = 'train' and tags.model_family = '{family}' "
-                       f"and tags.data_hash = '{data_hash}' and attributes.status = 'FINISHED'"),
+        filter_string=(f"tags.stage = 'train' and {of_family}"
+                       f"tags.data_hash = '{data_hash}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     if not runs:
-        raise NoTrainedModel(f"no finished `train` run of {family} on the splits in {data_dir} "
-                             f"(data_hash {data_hash[:12]}); train one first: "
-                             f"mlflow run . -e train -P model={family} -P data_dir={data_dir}")
+        raise NoTrainedModel(f"no finished `train` run{f' of {family}' if family else ''} on the splits in "
+                             f"{data_dir} (data_hash {data_hash[:12]}); train one first: "
+                             f"mlflow run . -e train --env-manager local -P model={family or 'sasrec'} "
+                             f"-P data_dir={data_dir}")
     return runs[0].info.run_id
 
 
@@ -66,12 +73,29 @@ def checkpoint_uris(models: Sequence[str], data_dir: str | Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m playlistai.latest_model", description=__doc__.split("\n")[0])
-    parser.add_argument("models", nargs="+", help="sasrec | gru4rec (also comma-separated)")
+    parser.add_argument("models", nargs="*", help="sasrec | gru4rec (also comma-separated)")
     parser.add_argument("--data-dir", required=True, help="the data directory the models trained on")
+    parser.add_argument("--run-id", action="store_true",
+                        help="print the run id of the latest training of any of the models (of any model when none is named)")
     args = parser.parse_args(argv)
     models = [m for arg in args.models for m in arg.split(",") if m.strip()]
+    if not models and not args.run_id:
+        parser.error("name at least one model, or pass --run-id")
     try:
-        print(",".join(checkpoint_uris(models, args.data_dir)))
+        if args.run_id:
+            client = mlflow.MlflowClient()
+            experiment_id = configure_mlflow()
+            found, missing = [], None
+            for model in models or [None]:
+                try:
+                    found.append(latest_training_run(model, args.data_dir, client, experiment_id))
+                except NoTrainedModel as exc:
+                    missing = exc
+            if not found:
+                raise missing
+            print(max(found, key=lambda run_id: client.get_run(run_id).info.start_time))
+        else:
+            print(",".join(checkpoint_uris(models, args.data_dir)))
     except (NoTrainedModel, FileNotFoundError, ValueError) as exc:
         # one line, no traceback: make prints it and stops before an evaluation without its model
         print(f"error: latest_model: {exc}", file=sys.stderr)

@@ -34,6 +34,11 @@ def test_latest_finished_training_on_these_splits(tiny_data_dir, tmp_path, capsy
         f"runs:/{sasrec}/checkpoint", f"runs:/{gru4rec}/checkpoint"]
     assert main(["--data-dir", str(tiny_data_dir), "transformer,gru4rec"]) == 0
     assert capsys.readouterr().out.strip() == f"runs:/{sasrec}/checkpoint,runs:/{gru4rec}/checkpoint"
+    # --run-id: the latest finished training of any model (what `make export` registers), or of those named
+    assert main(["--data-dir", str(tiny_data_dir), "--run-id"]) == 0
+    assert capsys.readouterr().out.strip() == gru4rec
+    assert main(["--data-dir", str(tiny_data_dir), "--run-id", "sasrec"]) == 0
+    assert capsys.readouterr().out.strip() == sasrec
 
     # the same path after the splits were rebuilt: nothing trained on them yet
     shutil.copytree(tiny_data_dir / "splits", tmp_path / "splits")
@@ -41,6 +46,9 @@ def test_latest_finished_training_on_these_splits(tiny_data_dir, tmp_path, capsy
     assert main(["--data-dir", str(tmp_path), "sasrec"]) == 2
     err = capsys.readouterr().err
     assert "no finished `train` run of sasrec on the splits in" in err and "Traceback" not in err
+    assert main(["--data-dir", str(tmp_path), "--run-id"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished `train` run on the splits in" in err and "mlflow run . -e train --env-manager local" in err
 
     assert main(["--data-dir", str(tmp_path / "none"), "sasrec"]) == 2
     assert "run the `splits` stage first" in capsys.readouterr().err

@@ -43,3 +43,20 @@ def test_mlproject_train_defaults_are_the_train_stage_defaults():
             assert float(mlproject) == float(ours), f.name
         else:
             assert str(mlproject) == str(ours), f.name
+
+
+def test_make_export_is_the_register_step_on_the_latest_training_run():
+    import subprocess
+
+    def dry_run(*args: str) -> str:
+        proc = subprocess.run(["make", "-n", *args, "-o", ".venv/.installed"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    export, register = dry_run("export"), dry_run("register")
+    assert export == register
+    assert "python -m playlistai.latest_model --data-dir data --run-id)" in export
+    assert "-e register -P run_id=$run_id -P data_dir=data" in export
+    assert "run_id=abc123 &&" in dry_run("export", "RUN_ID=abc123")
+    assert "latest_model" not in dry_run("export", "RUN_ID=abc123")
