@@ -40,7 +40,7 @@ def main(
                              genre_col=genre_col),
                 vocab_min_freq=settings.VOCAB_MIN_FREQ,
             )
-        summary = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("users", "tracks", "events") if k in metrics)
+        summary = ", ".join(f"{k}={metrics[k]:,.0f}" for k in ("users", "tracks", "events") if k in metrics)
         typer.echo(f"data: {summary} -> {data_dir}/raw; {run_location(run.info.run_id)}")
 
 

@@ -31,7 +31,7 @@ def main(
         )
         with stage_run("preprocess", params, settings=settings) as run:
             m = run_preprocess(**params)
-        typer.echo(f"preprocess: {m['sessions']:.0f} sessions, {m['events_out']:.0f} events, "
+        typer.echo(f"preprocess: {m['sessions']:,.0f} sessions, {m['events_out']:,.0f} events, "
                    f"mean length {m['session_len_mean']:.2f}; {run_location(run.info.run_id)}")
 
 

@@ -37,8 +37,8 @@ def main(
         )
         with stage_run("splits", params, settings=settings) as run:
             m = run_splits(**params)
-        typer.echo(f"splits: vocab {m['vocab_size']:.0f} tracks; train/val/test sessions "
-                   f"{m['train_sessions']:.0f}/{m['val_sessions']:.0f}/{m['test_sessions']:.0f}; "
+        typer.echo(f"splits: vocab {m['vocab_size']:,.0f} tracks; train/val/test sessions "
+                   f"{m['train_sessions']:,.0f}/{m['val_sessions']:,.0f}/{m['test_sessions']:,.0f}; "
                    f"{run_location(run.info.run_id)}")
 
 

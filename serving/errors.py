@@ -55,6 +55,8 @@ def describe_validation_errors(errors) -> tuple[int, str, list[dict]]:
             message = "a JSON object body is required"
         elif e.get("type") in ("model_attributes_type", "dict_type") and field == "body":
             message = "the body must be a JSON object (send it with Content-Type: application/json)"
+        elif e.get("type") == "extra_forbidden":
+            message = "unknown field (the fields are listed at /docs)"
         else:
             message = e.get("msg", "invalid value")
         described.append({"field": field, "message": message})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, field_validator
 
 MAX_TRACKS = 500
 MAX_TRACK_ID_CHARS = 256
@@ -16,6 +16,7 @@ TrackId = Annotated[StrictStr, StringConstraints(max_length=MAX_TRACK_ID_CHARS)]
 class ContinueContext(BaseModel):
     """The moment of the next play; a missing field takes the current time in TIMEZONE (UTC)."""
 
+    model_config = ConfigDict(extra="forbid")     # a misspelt field is refused, not silently ignored
     hour: int | None = Field(None, ge=0, le=23, description="hour of day, 0..23")
     dow: int | None = Field(None, ge=0, le=6, description="day of week, Monday = 0 .. Sunday = 6")
 
@@ -29,13 +30,21 @@ class ContinueRequest(BaseModel):
     context: ContinueContext | None = None
     use_ann: bool | None = Field(None, description="answer through the FAISS index; default USE_FAISS")
     exclude_seen: bool = Field(True, description="never return a track of the input")
-    max_per_artist: int | None = Field(None, ge=1, description="at most this many tracks per artist")
+    max_per_artist: int | None = Field(
+        None, ge=0, description="at most this many tracks per artist; 0 or null = no cap (as in the pyfunc model)",
+    )
 
-    model_config = {
-        "json_schema_extra": {
+    model_config = ConfigDict(
+        extra="forbid",                           # `{"kk": 3}` is a 422 naming `kk`, not k=20 in silence
+        json_schema_extra={
             "examples": [{"tracks": ["t123", "t456"], "k": 20, "context": {"hour": 21, "dow": 5}, "use_ann": False}]
-        }
-    }
+        },
+    )
+
+    @field_validator("max_per_artist")
+    @classmethod
+    def _zero_is_no_cap(cls, value: int | None) -> int | None:
+        return value or None
 
 
 class ContinueItem(BaseModel):

@@ -216,7 +216,7 @@ class RequestFactory:
         if rng.random() < 0.7:
             body["tracks"][0] = "x" * size
         else:
-            body["y" * size] = 1                        # an unknown field with a huge name: ignored
+            body["y" * size] = 1                        # an unknown field with a huge name: refused
         return Probe("", _dump(body, rng))
 
     def _deep_nesting(self, rng):

@@ -120,3 +120,17 @@ def test_a_truncated_gzip_log_fails_with_one_line(tmp_path):
     assert "plays.csv.gz: the gzip data ends early: the file is truncated" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "d" / "raw" / "events.parquet").exists()
+
+
+def test_stage_summaries_print_counts_as_integers_with_thousands_separators(tmp_path):
+    import re
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "a")}
+    proc = subprocess.run([sys.executable, "-m", "entrypoints.data", "--size", "tiny", "--seed", "42", "--data-dir",
+                           str(tmp_path / "d")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    # the tiny dataset of seed 42 has 9062 plays: printed 9,062, never 9062 or 9.062e+03
+    assert re.fullmatch(r"data: users=\d+, tracks=\d+, events=9,062 -> .*/d/raw; run [0-9a-f]{32} in experiment "
+                        r"'playlistai'", line), line

@@ -143,7 +143,9 @@ def test_the_most_tracks_and_the_largest_k_are_accepted(api, vocab):
     ({"tracks": ["a"], "context": "evening"}, "context"),
     ({"tracks": ["a"], "use_ann": "perhaps"}, "use_ann"),
     ({"tracks": ["a"], "exclude_seen": [1]}, "exclude_seen"),
-    ({"tracks": ["a"], "max_per_artist": 0}, "max_per_artist"),
+    ({"tracks": ["a"], "max_per_artist": -1}, "max_per_artist"),
+    ({"tracks": ["a"], "kk": 3}, "kk"),
+    ({"tracks": ["a"], "context": {"hour": 1, "minute": 3}}, "context.minute"),
 ])
 def test_invalid_fields_get_422_naming_the_field(api, body, field):
     assert_error(post(api, body), 422, field)
