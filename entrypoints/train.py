@@ -47,6 +47,7 @@ def main(
     max_minutes: str = typer.Option("0", help="stop before an epoch that would end past this many minutes; 0 = none"),
     epoch_windows: str = typer.Option("0", help="training windows sampled per epoch (validate that often); 0 = all"),
     use_context: str = typer.Option("true", help="mix the hour and weekday of the next play in"),
+    cosine_scale: str = typer.Option("16", help="score by cosine similarity x this; 0 = inner product"),
     num_workers: str = typer.Option("2", help="Ray Train workers"),
     trainer: str = typer.Option("ray", help="ray | local (in-process, no Ray)"),
     seed: str = typer.Option("42"),
@@ -56,6 +57,7 @@ def main(
     resume_from: str = typer.Option("", help="state directory, run storage directory or MLflow run id"),
     val_max_cases: str = typer.Option("5000", help="per-epoch validation subset size; 0 = all"),
     val_exclude_seen: str = typer.Option("true", help="validate without the tracks of the history (false: repeats allowed)"),
+    fit_repeat_bonus: str = typer.Option("true", help="with repeats allowed, fit the repeat bonus on validation"),
     storage_path: str = typer.Option("outputs/train", help="where epoch states and Ray checkpoints go"),
     progress: str = typer.Option("true", help="progress bar per epoch"),
 ) -> None:
@@ -64,6 +66,7 @@ def main(
         max_seq_len=max_seq_len, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         loss=loss, num_negatives=num_negatives, label_smoothing=label_smoothing, ce_chunk_mb=ce_chunk_mb,
         precision=precision, max_minutes=max_minutes, epoch_windows=epoch_windows, use_context=use_context,
+        cosine_scale=cosine_scale, fit_repeat_bonus=fit_repeat_bonus,
         num_workers=num_workers, trainer=trainer, seed=seed, patience=patience, plateau_lr_factor=plateau_lr_factor, data_dir=data_dir,
         resume_from=resume_from, val_max_cases=val_max_cases, val_exclude_seen=val_exclude_seen, storage_path=storage_path,
     )
@@ -90,6 +93,7 @@ def main(
             max_minutes=_float(max_minutes, "max_minutes"),
             epoch_windows=as_int(epoch_windows, "epoch_windows"),
             use_context=as_bool(use_context, "use_context"),
+            cosine_scale=_float(cosine_scale, "cosine_scale"),
             num_workers=as_int(num_workers, "num_workers"),
             trainer=trainer,
             seed=as_int(seed, "seed"),
@@ -99,6 +103,7 @@ def main(
             resume_from=resume_from or "",
             val_max_cases=as_int(val_max_cases, "val_max_cases"),
             val_exclude_seen=as_bool(val_exclude_seen, "val_exclude_seen"),
+            fit_repeat_bonus=as_bool(fit_repeat_bonus, "fit_repeat_bonus"),
             storage_path=storage_path,
             progress=as_bool(progress, "progress"),
         )

@@ -11,9 +11,12 @@ How a request is answered:
      ranked; when filters leave fewer than k of them, that request is answered exactly instead.
 4. Filters: tracks of the input are excluded (unless exclude_seen=False), at most
    `max_per_artist` tracks per artist, never a duplicate.
+5. With exclude_seen=False, tracks of the model's input window get the model's repeat bonus
+   (models/base.py), as in evaluation; the ANN path adds them to its candidates, since an index
+   over embeddings cannot know the bonus.
 
-Scores are the model's inner products (logits; larger is better, comparable within a response);
-the fallback's scores are p(track | hour).
+Scores are the model's inner products plus that bonus (logits; larger is better, comparable within
+a response); the fallback's scores are p(track | hour).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class Recommender:
         self.ann_index = ann_index
         self.ann_params = ann_params
         self.max_seq_len = int(model.config.max_seq_len)
+        self.repeat_bonus = float(model.repeat_bonus)
         with torch.inference_mode():
             self._items = model.item_embeddings().detach().float().contiguous()      # [V, D]
         self._artists = vocab.artist_index()                                          # [V], -1 = unknown
@@ -212,6 +216,9 @@ class Recommender:
                    for row, e in zip(tracks, encoded, strict=True)]
         known = [e[e != PAD] for e in encoded]
         seen = [np.unique(x) if exclude_seen else np.zeros(0, np.int64) for x in known]
+        # the tracks that earn the repeat bonus: those the model reads, when they may come again
+        lifted = [np.unique(x[-self.max_seq_len:]) if not exclude_seen and self.repeat_bonus else np.zeros(0, np.int64)
+                  for x in known]
         results: list[Recommendation | None] = [None] * n
 
         cold = [i for i in range(n) if len(known[i]) == 0]
@@ -228,7 +235,7 @@ class Recommender:
             if use_ann:
                 exact_rows = []
                 ann_rows = self._ann_answers(queries, [ks[i] for i in warm], [seen[i] for i in warm],
-                                             max_per_artist, cand_topk)
+                                             [lifted[i] for i in warm], max_per_artist, cand_topk)
                 for row, i in enumerate(warm):
                     if ann_rows[row] is None:
                         exact_rows.append(row)
@@ -242,6 +249,8 @@ class Recommender:
                         i = warm[row]
                         if len(seen[i]):
                             scores[r, torch.from_numpy(seen[i])] = NEG_INF
+                        if len(lifted[i]):
+                            scores[r, torch.from_numpy(lifted[i])] += self.repeat_bonus
                     for r, row in enumerate(exact_rows):
                         i = warm[row]
                         results[i] = Recommendation(self._select(scores[r], ks[i], max_per_artist), unknown[i])
@@ -274,12 +283,22 @@ class Recommender:
                 torch.as_tensor(np.asarray(dows, dtype=np.int64)),
             ).float()
 
-    def _ann_answers(self, queries, ks, seen, max_per_artist, cand_topk) -> list[list | None]:
-        """FAISS candidates re-ranked exactly; None for a row whose filters left fewer than k."""
+    def _ann_answers(self, queries, ks, seen, lifted, max_per_artist, cand_topk) -> list[list | None]:
+        """FAISS candidates (plus the rows' lifted tracks) re-ranked exactly; None for a row whose
+        filters left fewer than k."""
         if self.ann_index is None or self.ann_params is None:
             raise ModelPackageError("use_ann=True but this Recommender has no FAISS index")
         wanted = max(max(ks), cand_topk) + max(len(s) for s in seen)
         candidates = ann_lib.search(self.ann_index, self.ann_params, queries.numpy(), wanted)   # [B, C]
+        if any(len(x) for x in lifted):
+            # every lifted track becomes a candidate (PAD-padded to a common width); one already
+            # found by FAISS is blanked in the appended part, so none is counted twice
+            width = max(len(x) for x in lifted)
+            extra = np.zeros((len(candidates), width), dtype=candidates.dtype)
+            for row, items in enumerate(lifted):
+                items = items[~np.isin(items, candidates[row])]
+                extra[row, : len(items)] = items
+            candidates = np.concatenate([candidates, extra], axis=1)
         out: list[list | None] = []
         with torch.inference_mode():
             cand = torch.from_numpy(candidates)
@@ -288,6 +307,8 @@ class Recommender:
             for row in range(len(ks)):
                 if len(seen[row]):
                     scores[row, torch.from_numpy(np.isin(candidates[row], seen[row]))] = NEG_INF
+                if len(lifted[row]):
+                    scores[row, torch.from_numpy(np.isin(candidates[row], lifted[row]))] += self.repeat_bonus
                 picked = self._select(scores[row], ks[row], max_per_artist, ids=cand[row])
                 out.append(picked if len(picked) >= ks[row] else None)
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from playlistai.models.config import ModelConfig
 
@@ -24,17 +25,58 @@ def trim_left_padding(*tensors: torch.Tensor, ids: torch.Tensor) -> tuple[torch.
     return tuple(t[:, first:] for t in tensors)
 
 
+def add_repeat_bonus(scores: torch.Tensor, histories: torch.Tensor, bonus: float) -> torch.Tensor:
+    """scores [B, V] += bonus on every track of the row's history, once per track; in place."""
+    if bonus:
+        # gather before scatter: a track twice in a history gets the same (single) bonus twice
+        scores.scatter_(1, histories, scores.gather(1, histories) + bonus)
+    return scores
+
+
 class SequenceRecommender(nn.Module):
+    """Scores: query_vectors . item_embeddings, plus `repeat_bonus` for tracks of the history.
+
+    The repeat bonus is how much more likely a track already in the session is to come next than
+    its embedding says. Listening and browsing repeat (a fifth of DIGINETICA's targets are in their
+    own prefix), and an inner product has no notion of "this one again". It is one number, fitted
+    on the validation cases after every epoch (training/repeat_bonus.py) rather than learned by
+    gradient, and kept as a buffer so the best epoch's weights carry their own bonus. It only
+    matters where history tracks may be recommended (`exclude_seen=false`).
+    """
+
     config: ModelConfig
     item_emb: nn.Embedding
+    repeat_bonus: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("repeat_bonus", torch.zeros(()))
+        self.register_load_state_dict_pre_hook(_checkpoint_without_repeat_bonus)
 
     def forward(self, input_ids: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor) -> torch.Tensor:
-        """input_ids, hours, dows [B, L] -> hidden [B, L, D]; scores are hidden @ item_embeddings().T."""
+        """input_ids, hours, dows [B, L] -> query vectors [B, L, D]: scores are output @ item_embeddings().T."""
         raise NotImplementedError
 
     def item_embeddings(self) -> torch.Tensor:
-        """The tied item table [V, D]; row 0 is PAD."""
+        """The tied item table [V, D] as scoring sees it; row 0 is PAD."""
+        if self.config.cosine_scale:
+            return F.normalize(self.item_emb.weight, dim=-1)
         return self.item_emb.weight
+
+    def query_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The last step of every model: hidden states [..., D] -> the vectors scored against
+        item_embeddings().
+
+        With `cosine_scale` both sides are unit vectors and the query carries the scale (an inverse
+        temperature). An inner product lets a track's norm grow with its popularity, and on a long
+        tail the popular tracks then crowd the top of every list; cosine scores rank by direction
+        alone (NISER, Gupta et al. 2019; CORE, Hou et al. 2022). The scale must be large enough
+        (~10-20) for a softmax over tens of thousands of tracks to become peaked. Scores stay one
+        inner product, so a FAISS inner-product index still reproduces them exactly.
+        """
+        if self.config.cosine_scale:
+            return F.normalize(hidden, dim=-1) * self.config.cosine_scale
+        return hidden
 
     def user_vectors(self, histories: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor) -> torch.Tensor:
         """Left-padded histories [B, L] and the next play's context [B] -> query vectors [B, D]."""
@@ -48,11 +90,21 @@ class SequenceRecommender(nn.Module):
         return self(histories, hours, dows)[:, -1]
 
     @torch.no_grad()
-    def score_batch(self, histories: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor) -> torch.Tensor:
-        """Logits over the catalog [B, V]; PAD (column 0) is -inf. The caller picks eval mode."""
+    def score_batch(
+        self, histories: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor, with_repeat_bonus: bool = True
+    ) -> torch.Tensor:
+        """Scores over the catalog [B, V]; PAD (column 0) is -inf. The caller picks eval mode."""
         scores = self.user_vectors(histories, hours, dows) @ self.item_embeddings().T
+        if with_repeat_bonus:
+            histories = torch.as_tensor(histories, dtype=torch.long)[:, -self.config.max_seq_len :]
+            add_repeat_bonus(scores, histories.to(scores.device), float(self.repeat_bonus))
         scores[:, 0] = float("-inf")
         return scores
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _checkpoint_without_repeat_bonus(module, state_dict, prefix, *args) -> None:
+    # checkpoints written before the repeat bonus existed scored without one
+    state_dict.setdefault(prefix + "repeat_bonus", torch.zeros(()))

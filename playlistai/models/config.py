@@ -28,6 +28,7 @@ class ModelConfig:
     dropout: float = 0.2
     max_seq_len: int = 50           # SASRec's position table; histories are cut to this length
     use_context: bool = True        # mix (hour, day of week) of the predicted event in before scoring
+    cosine_scale: float = 0.0       # > 0: cosine similarity x this; 0: inner product (checkpoints without the field)
 
     def __post_init__(self) -> None:
         self.family = canonical_family(self.family)
@@ -43,6 +44,8 @@ class ModelConfig:
             problems.append(f"n_layers must be >= 1, got {self.n_layers}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.cosine_scale >= 0:
+            problems.append(f"cosine_scale must be >= 0 (0 = inner product), got {self.cosine_scale}")
         if self.max_seq_len < 1:
             problems.append(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if self.family == "sasrec":

@@ -51,4 +51,4 @@ class GRU4Rec(SequenceRecommender):
         x = self.drop(self.item_emb(_roll_rows(input_ids, pad)))
         out, _ = self.gru(x)                             # real tracks first: padding comes after
         out = _roll_rows(out, (L - pad) % L)             # back to left-padded alignment
-        return self.context(self.drop(out), hours, dows)
+        return self.query_vectors(self.context(self.drop(out), hours, dows))

@@ -113,4 +113,4 @@ class SASRec(SequenceRecommender):
         attn_mask = attn_mask[:, None, :, :]                 # broadcast over heads
         for block in self.blocks:
             x = block(x, attn_mask)
-        return self.context(self.ln_f(x), hours, dows)
+        return self.query_vectors(self.context(self.ln_f(x), hours, dows))

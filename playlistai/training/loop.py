@@ -36,6 +36,7 @@ from playlistai.models import SequenceRecommender
 from playlistai.models.base import trim_left_padding
 from playlistai.training.losses import LOSSES, make_loss
 from playlistai.training.precision import PRECISIONS, autocast_dtype
+from playlistai.training.repeat_bonus import GAP_MULTIPLES, collect_evidence, metric_sums
 
 EARLY_STOP_METRIC = "val_ndcg_at_10"
 STOP_REASONS = ("early_stopping", "max_minutes", "epochs")
@@ -63,6 +64,7 @@ class TrainConfig:
     seed: int = 42
     val_max_cases: int = 5000        # per-epoch validation on a fixed random subset; 0 = all cases
     val_exclude_seen: bool = True    # validate as the evaluation will rank: without (true) or with repeats
+    fit_repeat_bonus: bool = True    # with repeats allowed, fit the model's repeat bonus at every validation
     eval_batch_size: int = 512
     progress: bool = True            # tqdm bar per epoch (rank 0 only)
 
@@ -205,16 +207,19 @@ def _all_reduce(values: list[float], world_size: int, op=None) -> list[float]:
     return t.tolist()
 
 
-def _all_reduce_sum(values: list[float], world_size: int) -> list[float]:
-    return _all_reduce(values, world_size)
-
-
 def validate(
     model: SequenceRecommender, cases: NextTrackCases, config: TrainConfig, rank: int = 0, world_size: int = 1
 ) -> dict[str, float]:
-    """val_* metrics over `cases`, each rank scoring its share; means are combined exactly."""
+    """val_* metrics over `cases`, each rank scoring its share; means are combined exactly.
+
+    Validating with repeats allowed (and `fit_repeat_bonus`), the model's repeat bonus is first set
+    to the value that maximises EARLY_STOP_METRIC on these cases, and the metrics are those of the
+    model with it (`val_repeat_bonus` reports it).
+    """
     shard = cases.subset(np.arange(len(cases)) % world_size == rank)
     keys = [f"{m}_at_{k}" for m in ("recall", "ndcg", "mrr") for k in VAL_KS]
+    if not config.val_exclude_seen and config.fit_repeat_bonus:
+        return _validate_fitting_repeat_bonus(model, shard, keys, config, world_size)
     if len(shard):
         metrics = evaluate_next_track(
             model, shard, ks=VAL_KS, exclude_seen=config.val_exclude_seen, batch_size=config.eval_batch_size
@@ -222,9 +227,26 @@ def validate(
         sums = [metrics[k] * len(shard) for k in keys]
     else:
         sums = [0.0] * len(keys)
-    totals = _all_reduce_sum([*sums, float(len(shard))], world_size)
+    totals = _all_reduce(sums + [float(len(shard))], world_size)
     n = max(totals[-1], 1.0)
     return {f"val_{k}": totals[i] / n for i, k in enumerate(keys)}
+
+
+def _validate_fitting_repeat_bonus(
+    model: SequenceRecommender, shard: NextTrackCases, keys: list[str], config: TrainConfig, world_size: int
+) -> dict[str, float]:
+    evidence = collect_evidence(model, shard, max(VAL_KS), config.eval_batch_size) if len(shard) else None
+    gap_sum, n = _all_reduce([evidence.gap_sum if evidence else 0.0, float(len(shard))], world_size)
+    n = max(n, 1.0)
+    bonuses = [m * gap_sum / n for m in GAP_MULTIPLES]
+    sums = []
+    for bonus in bonuses:
+        sums.extend(metric_sums(evidence, bonus, keys, VAL_KS) if evidence else [0.0] * len(keys))
+    means = np.asarray(_all_reduce(sums, world_size)).reshape(len(bonuses), len(keys)) / n
+    # the first maximum: the smallest bonus among equals
+    best = int(np.argmax(means[:, keys.index(EARLY_STOP_METRIC.removeprefix("val_"))]))
+    model.repeat_bonus.fill_(bonuses[best])
+    return {**{f"val_{k}": float(means[best, i]) for i, k in enumerate(keys)}, "val_repeat_bonus": bonuses[best]}
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -473,7 +495,7 @@ def _train_epoch(
         targets += n
         bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
     train_seconds = time.perf_counter() - t0
-    loss_sum, targets = _all_reduce_sum([loss_sum, float(targets)], world_size)
+    loss_sum, targets = _all_reduce([loss_sum, float(targets)], world_size)
     # events/s of the whole group: all ranks' targets over this rank's time (ranks step in lockstep)
     return {
         "epoch": epoch,

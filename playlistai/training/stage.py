@@ -50,6 +50,7 @@ class TrainParams:
     max_minutes: float = 0.0
     epoch_windows: int = 0
     use_context: bool = True
+    cosine_scale: float = 16.0
     num_workers: int = 2
     trainer: str = "ray"
     seed: int = 42
@@ -59,6 +60,7 @@ class TrainParams:
     resume_from: str = ""
     val_max_cases: int = 5000
     val_exclude_seen: bool = True
+    fit_repeat_bonus: bool = True
     storage_path: str = "outputs/train"
     progress: bool = True
 
@@ -84,6 +86,7 @@ class TrainParams:
             dropout=self.dropout,
             max_seq_len=self.max_seq_len,
             use_context=self.use_context,
+            cosine_scale=self.cosine_scale,
         )
 
     def train_config(self) -> TrainConfig:
@@ -104,6 +107,7 @@ class TrainParams:
             seed=self.seed,
             val_max_cases=self.val_max_cases,
             val_exclude_seen=self.val_exclude_seen,
+            fit_repeat_bonus=self.fit_repeat_bonus,
             progress=self.progress,
         )
 

@@ -139,3 +139,23 @@ def test_inference_history_features_and_drift_reference(recommender):
         assert sum(hist["counts"]) == stats["features"][name]["count"]
     assert list(sample.columns) == list(FEATURES) and 0 < len(sample) <= stats["n_cases"]
     assert sample["hour"].between(0, 23).all() and sample["unknown_share"].between(0, 1).all()
+
+
+def test_inference_repeat_bonus_lifts_history_tracks_on_both_paths(tiny_package, test_requests):
+    """With repeats allowed, exact and ANN answers rank as the model's own scores (bonus included)."""
+    lifted = Recommender.from_directory(tiny_package)
+    lifted.model.repeat_bonus.fill_(50.0)              # far above any score gap: history comes first
+    lifted.repeat_bonus = float(lifted.model.repeat_bonus)
+    vocab = lifted.vocab
+    for tracks, hour, dow in test_requests[:10]:
+        k = 20
+        history = list(dict.fromkeys(tracks[-lifted.max_seq_len:]))
+        ids = torch.as_tensor(np.asarray(vocab.encode(tracks))[-lifted.max_seq_len:])[None]
+        scores = lifted.model.score_batch(ids, torch.tensor([hour]), torch.tensor([dow]))[0]
+        want = [vocab.track_ids[i - 1] for i in torch.topk(scores, k).indices.tolist()]
+        exact = [t for t, _ in lifted.recommend(tracks, k, hour, dow, exclude_seen=False).items]
+        approx = [t for t, _ in lifted.recommend(tracks, k, hour, dow, exclude_seen=False, use_ann=True,
+                                                 cand_topk=k).items]
+        assert exact == want
+        assert set(history[:k]) <= set(approx[: len(history)])   # found although FAISS knows no bonus
+        assert not set(history) & {t for t, _ in lifted.recommend(tracks, k, hour, dow).items}

@@ -48,6 +48,7 @@ def test_build_model_and_config_round_trip():
         (dict(family="lstm"), "unknown model 'lstm'"),
         (dict(family="sasrec", d_model=10, n_heads=3), "n_heads (3) must divide d_model (10)"),
         (dict(family="sasrec", dropout=1.5), "dropout"),
+        (dict(family="sasrec", cosine_scale=-1.0), "cosine_scale must be >= 0"),
     ],
 )
 def test_invalid_model_config_names_the_problem(kwargs, message):
@@ -71,6 +72,28 @@ def test_shared_interface(family):
     # scoring is a pure inner product, so an inner-product index over the table ranks the same
     torch.testing.assert_close(scores[:, 1:], (uv @ table.T)[:, 1:])
     torch.testing.assert_close(uv, hidden[:, -1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cosine_scores_are_scaled_cosine_similarities(family):
+    model = tiny_model(family, cosine_scale=12.0)
+    with torch.no_grad():                      # tracks of very different norms, as popularity makes them
+        model.item_emb.weight[1:] *= torch.linspace(0.1, 10.0, 39)[:, None]
+    ids, hours, dows = random_batch()
+    plain = tiny_model(family)
+    plain.load_state_dict(model.state_dict())  # same weights, scored by inner product
+    raw_users = plain.user_vectors(ids, hours[:, -1], dows[:, -1])
+    uv = model.user_vectors(ids, hours[:, -1], dows[:, -1])
+    table = model.item_embeddings()
+    torch.testing.assert_close(uv.norm(dim=1), torch.full((3,), 12.0))
+    torch.testing.assert_close(table[1:].norm(dim=1), torch.ones(39))
+    assert torch.all(table[0] == 0)            # PAD stays the zero vector
+    raw_table = model.item_emb.weight
+    want = 12.0 * torch.nn.functional.cosine_similarity(raw_users[:, None, :], raw_table[None, 1:, :], dim=2)
+    scores = model.score_batch(ids, hours[:, -1], dows[:, -1])
+    torch.testing.assert_close(scores[:, 1:], want)
+    # still one inner product of the served vectors: an inner-product index ranks the same
+    torch.testing.assert_close(scores[:, 1:], (uv @ table.T)[:, 1:])
 
 
 def test_sasrec_is_causal():
