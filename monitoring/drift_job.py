@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from playlistai.model_ref import ModelRef
 from monitoring.drift import CATEGORICAL, FEATURES, PACKAGE_FEATURE_NAMES, DriftResult, detect_drift
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,13 @@ def as_drift_features(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[columns].apply(pd.to_numeric, errors="coerce")
 
 
-def _download_package_file(model_uri: str, name: str, dst: Path) -> Path:
-    import mlflow
-
+def _download_package_file(ref: ModelRef, name: str, dst: Path) -> Path:
     from playlistai.inference.package import PACKAGE_ARTIFACT
 
     try:      # only the file, not the weights
-        return Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{PACKAGE_ARTIFACT}/{name}", dst_path=str(dst)))
+        return ModelRef.parse(ref.child(f"artifacts/{PACKAGE_ARTIFACT}/{name}")).fetch(dst)
     except Exception:   # stores that cannot address a file inside a model: the whole model
-        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst / "model")))
+        model_dir = ref.fetch(dst / "model")
         from playlistai.inference.package import resolve_package_dir
 
         return resolve_package_dir(model_dir) / name
@@ -91,20 +89,20 @@ def load_reference(model_uri: str) -> tuple[pd.DataFrame, dict]:
     from playlistai.inference.features import load_reference as load_package_reference
     from playlistai.inference.package import DRIFT_SAMPLE_FILE, DRIFT_STATS_FILE, resolve_package_dir
 
-    local = Path(model_uri)
-    if local.is_dir():
-        package = resolve_package_dir(local)
+    ref = ModelRef.parse(model_uri)
+    if ref.is_local and ref.local_dir is not None:
+        package = resolve_package_dir(ref.local_dir)
         stats, sample = load_package_reference(package / DRIFT_STATS_FILE, package / DRIFT_SAMPLE_FILE)
         return as_drift_features(sample), {"model_version": None, "n_cases": stats.get("n_cases")}
 
     from playlistai.registry.pyfunc import registered_version
 
-    version = registered_version(model_uri)
-    if version is not None and "@" in model_uri:      # the version the alias names now, once
-        model_uri = f"models:/{model_uri[len('models:/'):].split('@', 1)[0]}/{version}"
+    version = registered_version(ref)
+    if version is not None and ref.kind == "alias":      # the version the alias names now, once
+        ref = ModelRef.of_version(ref.name, version)
     with tempfile.TemporaryDirectory(prefix="playlistai-drift-ref-") as tmp:
-        stats_path = _download_package_file(model_uri, DRIFT_STATS_FILE, Path(tmp) / "stats")
-        sample_path = _download_package_file(model_uri, DRIFT_SAMPLE_FILE, Path(tmp) / "sample")
+        stats_path = _download_package_file(ref, DRIFT_STATS_FILE, Path(tmp) / "stats")
+        sample_path = _download_package_file(ref, DRIFT_SAMPLE_FILE, Path(tmp) / "sample")
         stats, sample = load_package_reference(stats_path, sample_path)
     return as_drift_features(sample), {"model_version": version, "n_cases": stats.get("n_cases")}
 

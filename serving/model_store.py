@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from playlistai.model_ref import ModelRef
 from serving.metrics import (
     ERRORS_TOTAL,
     MODEL_LOAD_SECONDS,
@@ -44,8 +45,6 @@ from serving.metrics import (
 
 log = logging.getLogger(__name__)
 
-ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
-VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 MISSING_MODEL_FIRST_RETRY_S = 1.0
 FAILED_VERSION_RETRY_S = 300.0   # the poller downloads a version that failed to load again after this
 
@@ -55,25 +54,38 @@ AliasResolver = Callable[[str, str], str]      # (registered name, alias) -> ver
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the served model comes from: a registry alias (polled), a pinned version, or a URI/path."""
+    """Where the served model comes from: a registry alias (polled), a pinned version, or a URI/path.
+
+    A malformed reference does not stop the service: every check fails with the parse error, which
+    /healthz reports, as a reference that cannot be loaded does."""
 
     uri: str
-    registered_name: str | None = None
-    alias: str | None = None
-    pinned_version: str | None = None
+    ref: ModelRef | None = None
+    error: str | None = None          # why `uri` is not a model reference
 
     @classmethod
     def parse(cls, uri: str) -> ModelSource:
-        if match := ALIAS_URI.match(uri):
-            return cls(uri, registered_name=match["name"], alias=match["alias"])
-        if match := VERSION_URI.match(uri):
-            return cls(uri, registered_name=match["name"], pinned_version=match["version"])
-        return cls(uri)
+        try:
+            return cls(uri, ModelRef.parse(uri))
+        except ValueError as exc:
+            return cls(uri, error=str(exc))
 
     @classmethod
     def from_settings(cls, settings) -> ModelSource:
         uri = settings.MODEL_URI or f"models:/{settings.REGISTERED_MODEL_NAME}@{settings.MODEL_ALIAS}"
         return cls.parse(uri)
+
+    @property
+    def registered_name(self) -> str | None:
+        return self.ref.name if self.ref is not None and self.ref.registered else None
+
+    @property
+    def alias(self) -> str | None:
+        return self.ref.alias if self.ref is not None else None
+
+    @property
+    def pinned_version(self) -> str | None:
+        return self.ref.version if self.ref is not None and self.ref.path == "" else None
 
     @property
     def follows_alias(self) -> bool:
@@ -172,22 +184,12 @@ def mlflow_alias_resolver(tracking_uri: str) -> AliasResolver:
     return resolve
 
 
-def _local_directory(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        path = Path(uri[len("file://"):])
-    elif "://" in uri or uri.startswith(("models:", "runs:")):
-        return None
-    else:
-        path = Path(uri)
-    return path if path.is_dir() else None
-
-
 def default_loader(tracking_uri: str) -> Loader:
     """A local folder (a model package, or a pyfunc model folder holding one) loads directly;
     registry and `runs:/` URIs load through the MLflow pyfunc."""
 
     def load(uri: str):
-        directory = _local_directory(uri)
+        directory = ModelRef.parse(uri).local_dir
         if directory is not None:
             from playlistai.inference import Recommender
 
@@ -262,11 +264,13 @@ class ModelStore:
     def _target(self) -> tuple[str | None, str]:
         """-> (version, URI to load). Runs in a worker thread: it may call the tracking store."""
         source = self.source
+        if source.ref is None:
+            raise ValueError(source.error)
         if source.follows_alias:
             if self._resolve_alias is None:
                 raise RuntimeError("no alias resolver configured")
-            version = self._resolve_alias(source.registered_name, source.alias)
-            return version, f"models:/{source.registered_name}/{version}"
+            pinned = source.ref.pin(self._resolve_alias)
+            return pinned.version, pinned.uri
         return source.pinned_version, source.uri
 
     def _load_and_warm(self, load_uri: str):

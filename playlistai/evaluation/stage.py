@@ -36,6 +36,7 @@ from playlistai.evaluation.evaluator import (
     shuffle_context,
 )
 from playlistai.evaluation.oracle import load_world, oracle_for_cases
+from playlistai.model_ref import ModelRef
 
 ORACLE = "oracle"
 PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}")
@@ -98,16 +99,17 @@ def load_model(model_uri: str, download_dir: Path):
     """(model, vocab, config) from a checkpoint directory, `runs:/<id>/checkpoint` or `models:/...`."""
     from playlistai.training.checkpoint import find_checkpoint_dir, load_checkpoint
 
-    local = Path(model_uri)
-    if "://" not in model_uri and ":/" not in model_uri:
+    ref = ModelRef.parse(model_uri)
+    if ref.is_local:
+        local = Path(ref.uri)
         if not local.exists():
             raise FileNotFoundError(f"model_uri {model_uri!r}: no such checkpoint directory")
         return load_checkpoint(find_checkpoint_dir(local))
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(download_dir))
+        path = ref.fetch(download_dir)
     except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"model_uri {model_uri!r} could not be downloaded: {exc.message}") from None
-    return load_checkpoint(find_checkpoint_dir(Path(path)))
+    return load_checkpoint(find_checkpoint_dir(path))
 
 
 def model_row_name(model_config: Mapping, taken: set[str]) -> str:

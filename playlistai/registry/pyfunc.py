@@ -31,6 +31,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from playlistai.inference.package import PACKAGE_ARTIFACT, ModelPackageError
 from playlistai.inference.recommender import Recommendation, Recommender
+from playlistai.model_ref import ModelRef
 
 MODEL_ARTIFACT_NAME = "model"
 MODEL_CODE_FILE = Path(__file__).with_name("model_code.py")      # what MLflow stores instead of a pickle
@@ -157,12 +158,16 @@ def load_recommender(model_uri: str) -> Recommender:
     The model's files are downloaded and only its `package` artifact is read (module docstring):
     no file of the model is executed or unpickled.
     """
-    version = registered_version(model_uri)
-    if version is not None and "@" in model_uri:
-        model_uri = f"models:/{model_uri[len('models:/'):].split('@', 1)[0]}/{version}"
     try:
-        local = Path(model_uri) if Path(model_uri).is_dir() else \
-            Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        ref = ModelRef.parse(model_uri)
+    except ValueError as exc:
+        raise ModelPackageError(f"cannot load model {model_uri!r}: {exc}") from None
+    version = registered_version(ref)
+    if version is not None and ref.kind == "alias":     # the version the alias names now, once
+        ref = ModelRef.of_version(ref.name, version)
+    model_uri = ref.uri
+    try:
+        local = ref.fetch()
     except mlflow.exceptions.MlflowException as exc:
         raise ModelPackageError(f"cannot load model {model_uri!r}: {exc.message}") from None
     except OSError as exc:
@@ -196,18 +201,14 @@ def package_artifact_dir(model_dir: Path, model_uri: str = "") -> Path:
     return package
 
 
-def registered_version(model_uri: str) -> str | None:
+def registered_version(model_uri: str | ModelRef) -> str | None:
     """The version number a `models:/name@alias` or `models:/name/N` URI resolves to (None otherwise)."""
-    if not model_uri.startswith("models:/"):
-        return None
-    rest = model_uri[len("models:/"):].strip("/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
+    ref = model_uri if isinstance(model_uri, ModelRef) else ModelRef.parse(model_uri)
+    if ref.kind == "alias":
         try:
-            return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+            return ref.pin().version
         except mlflow.exceptions.MlflowException as exc:
-            raise ModelPackageError(f"cannot resolve {model_uri!r}: {exc.message}") from None
-    parts = rest.split("/")
-    if len(parts) == 2 and parts[1].isdigit():
-        return parts[1]
+            raise ModelPackageError(f"cannot resolve {ref.uri!r}: {exc.message}") from None
+    if ref.kind == "version" and not ref.path:
+        return ref.version
     return None

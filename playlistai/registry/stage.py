@@ -22,26 +22,29 @@ import mlflow
 import playlistai
 from playlistai.config import get_settings
 from playlistai.data.layout import DataLayout
+from playlistai.model_ref import ModelRef
 from playlistai.registry import promotion
 from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
 from playlistai.registry.pyfunc import load_recommender, log_package_model
 from playlistai.tracking import files_hash, git_commit
+
+CHECKPOINT_ARTIFACT = "checkpoint"          # where a training run logs its checkpoint
 from playlistai.training.checkpoint import find_checkpoint_dir
 
 
 def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
-    uri = model_uri or f"runs:/{run_id}/checkpoint"
-    if "://" not in uri and ":/" not in uri:
-        path = Path(uri)
+    ref = ModelRef.parse(model_uri) if model_uri else ModelRef.of_run(run_id, CHECKPOINT_ARTIFACT)
+    if ref.is_local:
+        path = Path(ref.uri)
         if not path.exists():
-            raise FileNotFoundError(f"model_uri {uri!r}: no such checkpoint directory")
+            raise FileNotFoundError(f"model_uri {ref.uri!r}: no such checkpoint directory")
         return find_checkpoint_dir(path)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))
+        local = ref.fetch(dst)
     except mlflow.exceptions.MlflowException as exc:
-        raise ValueError(f"cannot download the checkpoint {uri!r}: {exc.message}") from None
-    return find_checkpoint_dir(Path(local))
+        raise ValueError(f"cannot download the checkpoint {ref.uri!r}: {exc.message}") from None
+    return find_checkpoint_dir(local)
 
 
 def data_hash(data_dir: Path) -> str:
@@ -91,7 +94,7 @@ def run_register(
 
         def recommender_of(v: str):
             if v not in recommenders:
-                recommenders[v] = load_recommender(f"models:/{model_name}/{v}")
+                recommenders[v] = load_recommender(ModelRef.of_version(model_name, v).uri)
             return recommenders[v]
 
         if version:
@@ -105,7 +108,8 @@ def run_register(
             train_info = _train_run_info(client, run_id)
             checkpoint = fetch_checkpoint(run_id, model_uri, tmp / "download")
             package_dir = tmp / "package"
-            source = {"train_run_id": run_id, "checkpoint_uri": model_uri or f"runs:/{run_id}/checkpoint"}
+            source = {"train_run_id": run_id,
+                      "checkpoint_uri": model_uri or ModelRef.of_run(run_id, CHECKPOINT_ARTIFACT).uri}
             info = build_package(checkpoint, data_dir, package_dir, ann_index=ann_index,
                                  target_overlap=target_overlap, source=source)
             mlflow.log_params({**info["ann"].log_params(), "model_family": info["model_family"],
