@@ -1,15 +1,10 @@
 """Drift between the traffic a model sees and the data it was trained on.
 
-Features (one row per request, the same definitions over training next-track cases; the packaged
-training reference has no top_score, since a score needs the model, so against it only the other
-five are tested):
-
-    history_len      tracks in the history, as sent         continuous  -> Kolmogorov-Smirnov
-    unknown_share    share of history tracks not in vocab   continuous  -> Kolmogorov-Smirnov
-    mean_pop_pct     mean popularity percentile of history  continuous  -> Kolmogorov-Smirnov
-    top_score        the best slate score                   continuous  -> Kolmogorov-Smirnov
-    hour             0..23                                  categorical -> chi-squared
-    dow              0..6                                   categorical -> chi-squared
+Features: the drift-feature schema of playlistai/inference/features.py (one row per request, the
+same definitions over training next-track cases; the packaged training reference has no top_score,
+since a score needs the model, so against it only the other five are tested). A continuous feature
+(history_len, unknown_share, mean_pop_pct, top_score) is tested with Kolmogorov-Smirnov, a
+categorical one (hour 0..23, dow 0..6) with chi-squared.
 
 alibi-detect runs the tests. Several features are tested at once, so each feature's p-value is
 compared with a Bonferroni-corrected threshold, p_val / (number of features, both detectors
@@ -27,11 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-CONTINUOUS = ("history_len", "unknown_share", "mean_pop_pct", "top_score")
-CATEGORICAL = {"hour": 24, "dow": 7}
-FEATURES = (*CONTINUOUS, *CATEGORICAL)
-# the model package's drift reference (playlistai.inference.features) spells two features out
-PACKAGE_FEATURE_NAMES = {"history_length": "history_len", "mean_popularity_percentile": "mean_pop_pct"}
+from playlistai.inference.features import CATEGORICAL, CONTINUOUS, DRIFT_FEATURE_NAMES
+
 PSI_ALERT = 0.25
 EPS = 1e-4
 
@@ -84,12 +76,12 @@ class DriftResult:
 
 
 def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, p_val: float = 0.01, min_samples: int = 200) -> DriftResult:
-    """Compare `current` request features with the training `reference` (columns: FEATURES)."""
+    """Compare `current` request features with the training `reference` (columns: DRIFT_FEATURE_NAMES)."""
     from alibi_detect.cd import ChiSquareDrift, KSDrift  # slow to import: only when the job runs
 
-    features = [f for f in FEATURES if f in reference.columns and f in current.columns]
+    features = [f for f in DRIFT_FEATURE_NAMES if f in reference.columns and f in current.columns]
     if not features:
-        raise ValueError(f"no drift feature in common; expected some of {FEATURES}")
+        raise ValueError(f"no drift feature in common; expected some of {DRIFT_FEATURE_NAMES}")
     current = current[features].dropna()
     reference = reference[features].dropna()
     result = DriftResult(status="ok", n_reference=len(reference), n_current=len(current), features=features)

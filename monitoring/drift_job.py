@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monitoring.drift import DriftResult, detect_drift
+from playlistai.inference.features import CATEGORICAL, DRIFT_FEATURE_NAMES, DRIFT_STATE_FIELD
 from playlistai.model_ref import ModelRef
-from monitoring.drift import CATEGORICAL, FEATURES, PACKAGE_FEATURE_NAMES, DriftResult, detect_drift
 
 log = logging.getLogger(__name__)
 
 PUSH_JOB = "playlistai_drift"
 STREAM_SOURCE = "stream"
-DRIFT_STATE_FIELD = "json"          # the field of the Redis hash; serving/traffic.py reads it
 REDIS_TIMEOUT_S = 5.0
 
 
@@ -64,11 +64,10 @@ class DriftJobConfig:
 # -- inputs ---------------------------------------------------------------------------------------
 
 def as_drift_features(frame: pd.DataFrame) -> pd.DataFrame:
-    """Feature rows under monitoring/drift.py's names (the package's longer names are renamed)."""
-    frame = frame.rename(columns=PACKAGE_FEATURE_NAMES)
-    columns = [f for f in FEATURES if f in frame.columns]
+    """The drift features (playlistai.inference.features) among a frame's columns, as numbers."""
+    columns = [f for f in DRIFT_FEATURE_NAMES if f in frame.columns]
     if not columns:
-        raise ValueError(f"no drift feature among the columns {list(frame.columns)}; expected some of {FEATURES}")
+        raise ValueError(f"no drift feature among the columns {list(frame.columns)}; expected some of {DRIFT_FEATURE_NAMES}")
     return frame[columns].apply(pd.to_numeric, errors="coerce")
 
 
@@ -124,7 +123,7 @@ def stream_rows(redis_url: str, stream_key: str, count: int) -> pd.DataFrame:
     finally:
         client.close()
     rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in reversed(entries)]
-    return as_drift_features(pd.DataFrame(rows, columns=list(FEATURES)))
+    return as_drift_features(pd.DataFrame(rows, columns=list(DRIFT_FEATURE_NAMES)))
 
 
 def current_rows(config: DriftJobConfig) -> pd.DataFrame:
@@ -204,7 +203,7 @@ def distribution_figure(reference: pd.DataFrame, current: pd.DataFrame, result: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    features = [f for f in FEATURES if f in reference.columns]
+    features = [f for f in DRIFT_FEATURE_NAMES if f in reference.columns]
     cols = 3
     rows = (len(features) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)

@@ -1,8 +1,8 @@
 """What the API keeps of its traffic for drift monitoring, and the drift result it reports.
 
-Per answered /continue request one compact feature row (monitoring/drift.py: history_len, hour,
-dow, unknown_share, mean_pop_pct, top_score) goes to a capped Redis stream (`XADD ... MAXLEN ~
-TRAFFIC_STREAM_MAXLEN`), which the drift job reads. Nothing else about the request or the listener
+Per answered /continue request one compact feature row (the drift-feature schema of
+playlistai/inference/features.py: history_len, hour, dow, unknown_share, mean_pop_pct, top_score)
+goes to a capped Redis stream (`XADD ... MAXLEN ~ TRAFFIC_STREAM_MAXLEN`), which the drift job reads. Nothing else about the request or the listener
 is kept: no track ids, no user, no address.
 
 Rows are buffered in memory (a ring buffer of TRAFFIC_BUFFER_ROWS per worker) and written by a
@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from playlistai.inference.features import DRIFT_STATE_FIELD, request_features
 from serving import metrics
 
 log = logging.getLogger(__name__)
@@ -37,21 +37,14 @@ FLUSH_INTERVAL_S = 1.0
 FLUSH_BATCH_ROWS = 2000
 # off the request path: a little more patience than the cache's REDIS_TIMEOUT_MS
 REDIS_TIMEOUT_S = 0.25
-DRIFT_STATE_FIELD = "json"
 
 
 def feature_row(recommender, tracks: Sequence[str], hour: int, dow: int, top_score: float | None) -> dict:
-    """The drift features of one request (monitoring/drift.py); missing values are left out."""
-    row: dict = {"history_len": len(tracks), "hour": int(hour), "dow": int(dow)}
-    history_features = getattr(recommender, "history_features", None)
-    if history_features is not None:
-        features = history_features(tracks)
-        row["unknown_share"] = features["unknown_share"]
-        if features.get("mean_popularity_percentile") is not None:
-            row["mean_pop_pct"] = features["mean_popularity_percentile"]
-    if top_score is not None and math.isfinite(top_score):
-        row["top_score"] = float(top_score)
-    return row
+    """The drift features of one request (playlistai.inference.features); missing values are left out."""
+    drift_features = getattr(recommender, "drift_features", None)
+    if drift_features is not None:
+        return drift_features(tracks, hour, dow, top_score)
+    return request_features(tracks, hour, dow, top_score)
 
 
 def _redis_client(url: str) -> redis.Redis:

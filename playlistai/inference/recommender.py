@@ -34,7 +34,7 @@ import torch
 
 from playlistai.data.vocab import PAD, Vocabulary
 from playlistai.inference import ann as ann_lib
-from playlistai.inference.features import history_features, load_reference
+from playlistai.inference.features import history_features, load_reference, request_features
 from playlistai.inference.package import (
     ANN_INDEX_FILE,
     ANN_PARAMS_FILE,
@@ -154,6 +154,10 @@ class Recommender:
     def history_features(self, tracks: Sequence[str]) -> dict:
         """history_length, known_length, unknown_share, mean_popularity_percentile (None if none known)."""
         return history_features(tracks, self.vocab, self._popularity_percentile)
+
+    def drift_features(self, tracks: Sequence[str], hour: int, dow: int, top_score: float | None = None) -> dict:
+        """The request's drift row (playlistai.inference.features.DRIFT_FEATURES), as the API records it."""
+        return request_features(tracks, hour, dow, top_score, self.vocab, self._popularity_percentile)
 
     # -- recommending ----------------------------------------------------------------------------
 
