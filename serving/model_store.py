@@ -96,9 +96,7 @@ class ModelSource:
 class ServedModel:
     recommender: Any
     version: str | None          # registry version, None for a model loaded from a plain path/URI
-    loaded_from: str             # the URI that was actually loaded
     cache_namespace: str         # part of every cache key: a new model never hits an old entry
-    loaded_at: float             # UNIX time
 
 
 @dataclass(frozen=True)
@@ -250,7 +248,6 @@ class ModelStore:
         self.tracking_uri = tracking_uri      # named in the errors when the store cannot be reached
         self.current: ServedModel | None = None
         self.last_error: str | None = None
-        self.last_check_at: float | None = None
         self._failed_load: _FailedLoad | None = None
         self._lock = asyncio.Lock()
         MODEL_LOADED.set(0)
@@ -290,7 +287,6 @@ class ModelStore:
         poller does; other failures are logged here)."""
         quiet = polled if quiet is None else quiet
         async with self._lock:
-            self.last_check_at = time.time()
             previous = self.current
             previous_version = previous.version if previous else None
             try:
@@ -334,9 +330,7 @@ class ModelStore:
             self.current = ServedModel(
                 recommender=recommender,
                 version=version or getattr(recommender, "model_version", None),
-                loaded_from=load_uri,
                 cache_namespace=_namespace_of(self.source, version, load_uri),
-                loaded_at=time.time(),
             )
             self.last_error = None
             self._failed_load = None
