@@ -1,4 +1,4 @@
-"""MLflow conventions shared by every stage (DESIGN.md §4).
+"""MLflow conventions shared by every stage (docs/ARCHITECTURE.md, "MLflow conventions").
 
 - The tracking URI comes from Settings (`sqlite:///mlflow.db` by default, a server when set).
 - With a database store (SQLite, or PostgreSQL without a server), the experiment's artifacts go

@@ -1,4 +1,5 @@
-"""Request and response bodies of the HTTP API (DESIGN.md §5: fields are added, never renamed)."""
+"""Request and response bodies of the HTTP API (docs/ARCHITECTURE.md, "HTTP API": fields are added,
+never renamed)."""
 
 from __future__ import annotations
 

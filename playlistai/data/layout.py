@@ -1,6 +1,6 @@
 """Where each stage reads and writes inside `data_dir`, and how files are written safely.
 
-    data_dir/raw/events.parquet          stage `data`: the events contract (DESIGN.md §2)
+    data_dir/raw/events.parquet          stage `data`: the events (docs/ARCHITECTURE.md, "Events")
     data_dir/raw/world/                  synthetic only: the generator's truth, for the oracle
     data_dir/processed/sessions.parquet  stage `preprocess`: sessionized events
     data_dir/splits/{train,val,test}.parquet, vocab.parquet   stage `splits`

@@ -144,7 +144,8 @@ class SequenceDataset(Dataset):
 
 @dataclass
 class NextTrackCases:
-    """Next-track protocol cases (DESIGN.md §3): history before each target, target's context."""
+    """Next-track protocol cases (docs/ARCHITECTURE.md, "Next-track cases"): history before each
+    target, target's context."""
 
     histories: np.ndarray        # [N, L] int64, left-padded
     hours: np.ndarray            # [N] context of the target event

@@ -1,4 +1,4 @@
-"""Events -> sessions (DESIGN.md §2).
+"""Events -> sessions (docs/ARCHITECTURE.md, "Sessions").
 
 A user's plays are ordered by time (ties keep file order); a new session starts when the silence
 since the previous play *exceeds* `gap_min` minutes (a gap of exactly `gap_min` stays in the

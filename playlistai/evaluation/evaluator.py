@@ -1,4 +1,4 @@
-"""Full-catalog evaluation of any scorer (model, baseline or oracle) under DESIGN.md §3.
+"""Full-catalog evaluation of any scorer (model, baseline or oracle) under docs/ARCHITECTURE.md, "Metrics".
 
 A *scorer* is any object with
 `score_batch(histories: LongTensor[B, L], hours: LongTensor[B], dows: LongTensor[B]) -> FloatTensor[B, V]`
@@ -34,7 +34,7 @@ from playlistai.data.sequences import EncodedSessions, NextTrackCases, left_pad
 from playlistai.data.vocab import PAD, Vocabulary
 from playlistai.evaluation import metrics as M
 
-# the keys DESIGN.md §3 names, computed whatever `ks` a caller asks for
+# the keys docs/ARCHITECTURE.md ("Metrics") names, computed whatever `ks` a caller asks for
 DESIGN_RECALL_K = 20
 DESIGN_NDCG_K = 10
 DESIGN_MRR_K = 20
@@ -244,7 +244,7 @@ def rank_next_track(
 
 
 def metric_ks(ks: Sequence[int]) -> list[int]:
-    """The cut-offs to report: the requested ones plus those DESIGN.md §3 names."""
+    """The cut-offs to report: the requested ones plus those docs/ARCHITECTURE.md ("Metrics") names."""
     ks = [int(k) for k in ks]
     if any(k < 1 for k in ks):
         raise ValueError(f"every k must be >= 1, got {ks}")
@@ -297,7 +297,7 @@ def evaluate_next_track(
 ) -> dict[str, float]:
     """Next-track metrics of one scorer, unprefixed (`recall_at_20`, `ndcg_at_10`, `mrr_at_20`, ...).
 
-    Returns recall/nDCG/MRR at every k of `ks` and at the cut-offs DESIGN.md §3 names, plus
+    Returns recall/nDCG/MRR at every k of `ks` and at the cut-offs docs/ARCHITECTURE.md ("Metrics") names, plus
     `coverage_at_100`, `repetition_rate_at_20`, `repeat_target_share`, `num_cases`; with `vocab`
     also `artist_diversity_at_20` and `popularity_bias_at_20`. Light enough for per-epoch
     validation: one scoring pass, one exclude_seen setting.
@@ -416,7 +416,7 @@ def evaluate_scorer(
     device=None,
     continuation_scorer=None,
 ) -> ScorerEvaluation:
-    """Both protocols, both exclude_seen settings, every DESIGN.md §3 metric, unprefixed keys.
+    """Both protocols, both exclude_seen settings, every metric of docs/ARCHITECTURE.md ("Metrics"), unprefixed keys.
 
     `continuation_scorer` stands in for `scorer` on the continuation cases when the scorer is
     tied to a case set (the oracle); by default the same scorer serves both.

@@ -1,4 +1,4 @@
-"""Ranking and slate metrics of DESIGN.md §3, as pure vectorised functions on NumPy arrays.
+"""Ranking and slate metrics of docs/ARCHITECTURE.md ("Metrics"), as pure vectorised functions on NumPy arrays.
 
 Two kinds of input:
 

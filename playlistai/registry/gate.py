@@ -1,8 +1,8 @@
 """The promotion gate's measurement: challenger vs production on the same test cases.
 
-Both models rank the full catalog for the same next-track cases of the test split (DESIGN.md §3,
-tracks of the input excluded), and the per-case nDCG@10 differences go through the evaluation's
-paired session bootstrap. The challenger wins only if the whole interval of the difference is
+Both models rank the full catalog for the same next-track cases of the test split
+(docs/ARCHITECTURE.md, "Next-track cases"; tracks of the input excluded), and the per-case nDCG@10
+differences go through the evaluation's paired session bootstrap. The challenger wins only if the whole interval of the difference is
 above zero: a challenger that is merely "not worse" does not replace a model that is serving.
 
 Same cases when the vocabularies differ (a production model trained on older data): the test

@@ -1,4 +1,5 @@
-"""Every metric of DESIGN.md §3 against hand-computed values, ties, k beyond the catalog, empty input."""
+"""Every metric of docs/ARCHITECTURE.md ("Metrics") against hand-computed values, ties, k beyond the
+catalog, empty input."""
 
 import math
 

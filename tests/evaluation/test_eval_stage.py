@@ -1,4 +1,5 @@
-"""The `evaluate` entry point on the tiny synthetic data: every DESIGN.md §3 key for every scorer."""
+"""The `evaluate` entry point on the tiny synthetic data: every key of docs/ARCHITECTURE.md
+("Metrics") for every scorer."""
 
 import json
 

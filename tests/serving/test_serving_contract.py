@@ -1,4 +1,4 @@
-"""The HTTP contract of the service (DESIGN.md §5, issue "Serving"), against a tiny registered model:
+"""The HTTP contract of the service (docs/ARCHITECTURE.md, "HTTP API"), against a tiny registered model:
 every field, status code and error message."""
 
 from __future__ import annotations
