@@ -44,8 +44,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+# every Python folder; the rules are in pyproject.toml ([tool.ruff.lint])
+LINT_PATHS := playlistai entrypoints tests serving monitoring reliability bench
 lint: $(STAMP)
-	$(VENV)/bin/ruff check playlistai entrypoints tests
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 clean:
 	rm -rf $(DATA_DIR) mlartifacts mlflow.db

@@ -67,7 +67,7 @@ def tracking_uri(settings: Settings | None = None) -> str:
     command), else of Settings (`.env`, then the default)."""
     settings = settings or get_settings()
     uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.MLFLOW_TRACKING_URI
-    if uri.startswith("file:") or uri.rstrip("/").endswith("mlruns") and "://" not in uri:
+    if uri.startswith("file:") or (uri.rstrip("/").endswith("mlruns") and "://" not in uri):
         raise ValueError(f"MLFLOW_TRACKING_URI={uri!r}: the plain file store is not supported; use sqlite:/// or a server")
     return uri
 

@@ -28,9 +28,9 @@ from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
 from playlistai.registry.pyfunc import load_recommender, log_package_model
 from playlistai.tracking import files_hash, git_commit
+from playlistai.training.checkpoint import find_checkpoint_dir
 
 CHECKPOINT_ARTIFACT = "checkpoint"          # where a training run logs its checkpoint
-from playlistai.training.checkpoint import find_checkpoint_dir
 
 
 def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
