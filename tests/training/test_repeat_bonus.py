@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from playlistai.data.sequences import NextTrackCases
-from playlistai.evaluation.evaluator import evaluate_next_track, pessimistic_ranks
 from playlistai.evaluation import metrics as M
+from playlistai.evaluation.evaluator import evaluate_next_track, pessimistic_ranks
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.base import add_repeat_bonus
 from playlistai.training.loop import TrainConfig, validate
