@@ -444,16 +444,19 @@ def fit(
 
 
 def _next_epoch_exceeds_budget(state: TrainState, config: TrainConfig, world_size: int) -> bool:
-    """True when another epoch, as long as the last one, would end past `max_minutes`.
+    """True when another epoch, as long as the longest so far, would end past `max_minutes`.
+
+    The longest, not the last: epochs vary by a few percent with the machine's load, and a budget
+    is a promise to the user.
 
     Ranks take the slowest rank's figures, so they all stop at the same epoch (DDP needs it)."""
     if not config.max_minutes or not state.history:
         return False
-    spent, last = _all_reduce(
-        [state.train_seconds, state.history[-1]["epoch_seconds"]], world_size,
+    spent, longest = _all_reduce(
+        [state.train_seconds, max(r["epoch_seconds"] for r in state.history)], world_size,
         op=dist.ReduceOp.MAX if _distributed(world_size) else None,
     )
-    return spent + last > config.max_minutes * 60
+    return spent + longest > config.max_minutes * 60
 
 
 def _train_epoch(
