@@ -264,6 +264,18 @@ def test_without_a_model_the_service_stays_up_and_says_why(make_settings, tmp_pa
         assert "model_loaded 0.0" in client.get("/metrics").text
 
 
+def test_a_malformed_model_reference_keeps_the_service_up_and_is_named(make_settings):
+    from serving.main import create_app
+
+    settings = make_settings(MODEL_URI="models:/playlistai@")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        body = client.get("/healthz").json()
+        assert body["model_loaded"] is False and body["status"] == "unavailable"
+        assert body["model_uri"] == "models:/playlistai@"
+        assert "names no alias" in body["reason"]
+        assert_error(client.get("/readyz"), 503)
+
+
 def test_a_local_package_folder_can_be_served(make_settings, tiny_registry):
     from serving.main import create_app
 
