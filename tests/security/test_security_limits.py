@@ -54,8 +54,9 @@ def assert_error(response, status: int, field: str | None = None) -> str:
 # -- the API ----------------------------------------------------------------------------------------
 
 def padded(total: int) -> bytes:
-    head = b'{"tracks":["t1"],"pad":"'
-    return head + b"x" * (total - len(head) - 2) + b'"}'
+    """A valid request of exactly `total` bytes: JSON whitespace pads it (unknown fields are refused)."""
+    head = b'{"tracks":["t1"]'
+    return head + b" " * (total - len(head) - 1) + b"}"
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(limited):
