@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import signal
@@ -217,7 +218,7 @@ class Faults:
                      f"exit {proc.returncode} {proc.stderr[-600:]}")
         if proc.returncode != 0:
             return
-        resumed = proc.stdout.split("; run ")[-1].split(",")[0].strip()
+        resumed = re.search(r"checkpoint runs:/([0-9a-f]{32})/checkpoint", proc.stdout).group(1)
         steps = [m.step for m in self.client.get_metric_history(resumed, "train_loss")]
         run = self.client.get_run(resumed)
         result.check("the resumed run starts at the epoch after the last saved state and ends at the configured count",

@@ -149,7 +149,7 @@ class Promotions:
             code, out, err = self.finish(handle)
             if code != 0:
                 raise RuntimeError(f"training the {name} candidate failed ({code}):\n{err[-1500:]}")
-            runs[name] = out.split("; run ")[-1].split(",")[0].strip()
+            runs[name] = re.search(r"checkpoint runs:/([0-9a-f]{32})/checkpoint", out).group(1)
         return runs
 
     def register(self, run_id: str, name: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def _run_by_id(run_id):
 def _train_cli(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    run_id = result.output.split("run ")[-1].split(",")[0].strip()
+    run_id = re.search(r"checkpoint runs:/([0-9a-f]{32})/checkpoint", result.output).group(1)
     return run_id, result.output
 
 
