@@ -96,7 +96,6 @@ class Recommender:
         self.ann_index = ann_index
         self.ann_params = ann_params
         self.max_seq_len = int(model.config.max_seq_len)
-        self.repeat_bonus = float(model.repeat_bonus)
         with torch.inference_mode():
             self._items = model.item_embeddings().detach().float().contiguous()      # [V, D]
         self._artists = vocab.artist_index()                                          # [V], -1 = unknown
@@ -144,6 +143,11 @@ class Recommender:
                 self.package_dir / DRIFT_STATS_FILE, self.package_dir / DRIFT_SAMPLE_FILE
             )
         return self._drift_reference
+
+    @property
+    def repeat_bonus(self) -> float:
+        """The model's own (a buffer of its weights): one source, whatever changes it."""
+        return float(self.model.repeat_bonus)
 
     @property
     def catalog_size(self) -> int:

@@ -145,7 +145,6 @@ def test_inference_repeat_bonus_lifts_history_tracks_on_both_paths(tiny_package,
     """With repeats allowed, exact and ANN answers rank as the model's own scores (bonus included)."""
     lifted = Recommender.from_directory(tiny_package)
     lifted.model.repeat_bonus.fill_(50.0)              # far above any score gap: history comes first
-    lifted.repeat_bonus = float(lifted.model.repeat_bonus)
     vocab = lifted.vocab
     for tracks, hour, dow in test_requests[:10]:
         k = 20

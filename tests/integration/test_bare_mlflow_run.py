@@ -72,16 +72,21 @@ def check_artifacts_kept_out_of_mlruns(clone: Path, client: mlflow.MlflowClient,
         assert under(exp.artifact_location, clone / "mlartifacts"), exp.artifact_location
 
 
-def test_bare_data_run_on_a_fresh_store(clone):
-    proc = bare_run(clone, "data", {"size": "tiny", "seed": 3}, bare_env())
+def the_finished_run(clone: Path, proc, experiment: str):
+    """(client, run): the bare command succeeded cleanly and left one run in `experiment`."""
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "Traceback" not in out and "MlflowException" not in out
-
     client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
-    default = client.get_experiment_by_name("Default")
-    (run,) = client.search_runs([default.experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert run.info.status == "FINISHED"
+    return client, run
+
+
+def test_bare_data_run_on_a_fresh_store(clone):
+    proc = bare_run(clone, "data", {"size": "tiny", "seed": 3}, bare_env())
+    client, run = the_finished_run(clone, proc, "Default")
+    default = client.get_experiment_by_name("Default")
     assert run.data.tags["stage"] == "data" and run.data.params["size"] == "tiny"
     assert run.data.metrics["tracks"] > 0
     # the stage's last line says where its results are, with counts as integers
@@ -109,14 +114,9 @@ def test_bare_train_run_logs_into_the_experiment_of_the_environment(clone, tiny_
     params = {"data_dir": tiny_data_dir, "trainer": "local", "epochs": 1, "d_model": 32, "batch_size": 64,
               "val_max_cases": 200, "storage_path": clone / "outputs" / "train"}
     proc = bare_run(clone, "train", params, env)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert "Traceback" not in out and "note: `mlflow run` put this run" not in out
-
-    client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
-    exp = client.get_experiment_by_name("bare-train")
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "train"
+    client, run = the_finished_run(clone, proc, "bare-train")
+    assert "note: `mlflow run` put this run" not in proc.stdout + proc.stderr
+    assert run.data.tags["stage"] == "train"
     assert client.search_runs([client.get_experiment_by_name("Default").experiment_id]) == []
     (line,) = stage_lines(proc, "train")
     assert f"run {run.info.run_id} in experiment 'bare-train'" in line
