@@ -59,6 +59,7 @@ class TrainConfig:
     ce_chunk_mb: float = 256.0       # full softmax: the logits of at most this many MB exist at once
     precision: str = "auto"          # 'auto' (bf16 where the hardware runs it fast) | 'bf16' | 'fp32'
     max_minutes: float = 0.0         # stop before an epoch that would end past this budget; 0 = none
+    anneal_to_budget: bool = True    # with max_minutes: the lr decays linearly to 0 at the budget's last epoch
     epoch_windows: int = 0           # windows sampled per epoch (validation that often); 0 = all of them
     patience: int = 2                # epochs without val_ndcg_at_10 improvement before stopping; 0 = never stop early
     seed: int = 42
@@ -291,6 +292,18 @@ class TrainState:
     stopped_early: bool = False
     train_seconds: float = 0.0        # wall time of the epochs so far (resumed runs carry it on)
     lr_scale: float = 1.0             # product of the plateau decays so far
+    anneal_start_step: int = 0        # budget annealing: the lr falls linearly from here...
+    anneal_end_step: int = 0          # ...to 0 here (both 0: no annealing)
+
+    def anneal_factor(self, step: int) -> float:
+        """1 until budget annealing starts, then linear to 0 at `anneal_end_step`.
+
+        A fixed number of steps at a constant lr ends wherever the budget cuts it; decaying to zero
+        as the budget ends lets the last epochs settle into the minimum instead (Li et al. 2020,
+        "Budgeted training": a linear decay to the budget beats step and plateau schedules)."""
+        if self.anneal_end_step <= self.anneal_start_step:
+            return 1.0
+        return min(1.0, max(0.0, (self.anneal_end_step - step) / (self.anneal_end_step - self.anneal_start_step)))
 
     def snapshot(self, model, optimizer, scheduler, model_config: dict, train_config: dict) -> dict[str, Any]:
         return {
@@ -305,6 +318,8 @@ class TrainState:
             "stopped_early": self.stopped_early,
             "train_seconds": self.train_seconds,
             "lr_scale": self.lr_scale,
+            "anneal_start_step": self.anneal_start_step,
+            "anneal_end_step": self.anneal_end_step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -374,7 +389,7 @@ def fit(
     state = TrainState()
     # the schedule reads `state` when called, so a resumed state's decays apply from its first step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * state.lr_scale
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * state.lr_scale * state.anneal_factor(step)
     )
     val_cases = validation_subset(val_cases, config.val_max_cases, config.seed)
 
@@ -396,9 +411,15 @@ def fit(
         if config.patience and state.bad_epochs >= config.patience:
             stop_reason = "early_stopping"
             break
-        if _next_epoch_exceeds_budget(state, config, world_size):
+        epochs_left = _epochs_left_in_budget(state, config, world_size)
+        if epochs_left == 0:
             stop_reason = "max_minutes"
             break
+        if epochs_left is not None and config.anneal_to_budget:
+            # re-planned every epoch from measured epoch times, so the lr reaches 0 as the budget ends
+            state.anneal_start_step = state.anneal_start_step or state.global_step
+            state.anneal_end_step = state.global_step + epochs_left * steps_per_epoch
+            _apply_schedule(scheduler)
         record = _train_epoch(
             step_module, model, train, optimizer, scheduler, config, epoch, rank, world_size, device, state,
             amp_dtype,
@@ -418,6 +439,7 @@ def fit(
             state.bad_epochs += 1
             # a plateau at this lr: smaller steps often find the next improvement
             state.lr_scale *= config.plateau_lr_factor
+            _apply_schedule(scheduler)
         state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         state.history.append(record)
         if rank == 0 and config.progress:
@@ -443,20 +465,29 @@ def fit(
     )
 
 
-def _next_epoch_exceeds_budget(state: TrainState, config: TrainConfig, world_size: int) -> bool:
-    """True when another epoch, as long as the longest so far, would end past `max_minutes`.
+def _epochs_left_in_budget(state: TrainState, config: TrainConfig, world_size: int) -> int | None:
+    """How many more epochs, each as long as the longest so far, end within `max_minutes`; None
+    without a budget or before the first epoch has been timed.
 
     The longest, not the last: epochs vary by a few percent with the machine's load, and a budget
     is a promise to the user.
 
-    Ranks take the slowest rank's figures, so they all stop at the same epoch (DDP needs it)."""
+    Ranks take the slowest rank's figures, so they all stop (and anneal) alike (DDP needs it)."""
     if not config.max_minutes or not state.history:
-        return False
+        return None
     spent, longest = _all_reduce(
         [state.train_seconds, max(r["epoch_seconds"] for r in state.history)], world_size,
         op=dist.ReduceOp.MAX if _distributed(world_size) else None,
     )
-    return spent + longest > config.max_minutes * 60
+    return max(0, math.floor((config.max_minutes * 60 - spent) / max(longest, 1e-9)))
+
+
+def _apply_schedule(scheduler) -> None:
+    """Set the lr of the next step from the schedule now, after the state it reads has changed."""
+    for group, base_lr, lr_lambda in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
 
 
 def _train_epoch(

@@ -48,6 +48,7 @@ class TrainParams:
     ce_chunk_mb: float = 256.0
     precision: str = "auto"
     max_minutes: float = 0.0
+    anneal_to_budget: bool = True
     epoch_windows: int = 0
     use_context: bool = True
     cosine_scale: float = 16.0
@@ -101,6 +102,7 @@ class TrainParams:
             ce_chunk_mb=self.ce_chunk_mb,
             precision=self.precision,
             max_minutes=self.max_minutes,
+            anneal_to_budget=self.anneal_to_budget,
             epoch_windows=self.epoch_windows,
             patience=self.patience,
             plateau_lr_factor=self.plateau_lr_factor,

@@ -124,6 +124,37 @@ def test_max_minutes_stops_before_an_epoch_that_would_overrun(tiny_training_data
     assert unbounded.history[-1]["elapsed_minutes"] > unbounded.history[0]["elapsed_minutes"] > 0
 
 
+class _Clock:
+    """Stands in for the loop's `time`: every reading is `tick` seconds after the last one."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_the_lr_anneals_to_zero_as_the_budget_ends(tiny_training_data, run_fit, small_train_config, monkeypatch):
+    import playlistai.training.loop as loop
+
+    # 4 clock readings per epoch (training and validation, each timed) at 15 s: 30 s epochs,
+    # so a 3-minute budget fits exactly 6 of them
+    monkeypatch.setattr(loop, "time", _Clock(15.0))
+    _, annealed = run_fit(tiny_training_data, small_train_config(epochs=20, max_minutes=3, patience=0, warmup_steps=1))
+    lrs = [r["lr"] for r in annealed.history]
+    assert annealed.epochs_run == 6 and annealed.stop_reason == "max_minutes"
+    assert lrs[0] == pytest.approx(small_train_config().lr)          # the first epoch times the rest
+    assert all(b < a for a, b in zip(lrs, lrs[1:], strict=False))      # then it only falls...
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)                    # ...to 0 at the budget's end
+    assert lrs[2] == pytest.approx(lrs[0] * 3 / 5, rel=1e-6)           # linearly over epochs 2-6
+
+    monkeypatch.setattr(loop, "time", _Clock(15.0))
+    _, constant = run_fit(tiny_training_data, small_train_config(
+        epochs=20, max_minutes=3, patience=0, warmup_steps=1, anneal_to_budget=False))
+    assert constant.epochs_run == 6 and {r["lr"] for r in constant.history} == {lrs[0]}
+
+
 def test_bf16_autocast_trains_like_fp32(tiny_training_data, run_fit, small_train_config):
     _, fp32 = run_fit(tiny_training_data, small_train_config(epochs=2, precision="fp32"))
     _, bf16 = run_fit(tiny_training_data, small_train_config(epochs=2, precision="bf16"))
