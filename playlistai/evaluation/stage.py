@@ -39,7 +39,9 @@ from playlistai.evaluation.oracle import load_world, oracle_for_cases
 from playlistai.model_ref import ModelRef
 
 ORACLE = "oracle"
-PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}")
+# the metrics with bootstrap intervals and paired comparisons: the list's coverage, its top, and
+# how soon the first hit comes (MRR is what session-recommendation papers report beside P@20)
+PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}", f"mrr_at_{DESIGN_RECALL_K}")
 # metrics whose ratio to the oracle means something (accuracy; not coverage or diversity)
 _RATIO_PREFIXES = ("recall_at_", "ndcg_at_", "mrr_at_", "cont_recall_at_")
 
