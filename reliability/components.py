@@ -206,6 +206,9 @@ class MlflowServer:
             except ProcessLookupError:
                 pass
             self.process.wait(timeout=10)
+            # waiting for the supervisor is not waiting for its workers: the listening socket
+            # closes only when the last process holding it has exited
+            wait_until(lambda: not port_open(self.port), 10, what=f"port {self.port} closed")
         self.process = None
 
 
