@@ -16,7 +16,13 @@ import pandas as pd
 
 from playlistai.data import plots
 from playlistai.data.generate import estimate_ceilings, make_world
-from playlistai.data.ingest import read_events
+from playlistai.data.ingest import (
+    DEFAULT_MAX_ID_LENGTH,
+    DEFAULT_TIME_MAX,
+    DEFAULT_TIME_MIN,
+    Limits,
+    read_events,
+)
 from playlistai.data.layout import DataLayout, atomic_dir, write_json, write_parquet
 from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
@@ -58,15 +64,22 @@ def run_data(
     columns: dict[str, str] | None = None,
     time_unit: str = "auto",
     vocab_min_freq: int = 5,
+    time_min: str = DEFAULT_TIME_MIN,
+    time_max: str = DEFAULT_TIME_MAX,
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH,
 ) -> dict[str, float]:
+    """`source`: "synthetic" or a log file (ingest.py), whose times must lie in [time_min, time_max]
+    and ids be at most `max_id_length` characters; nothing is written unless the whole file reads."""
     layout = DataLayout.of(data_dir)
     t0 = time.perf_counter()
     world = None
+    limits = None
     if source == "synthetic":
         world = make_world(size, seed)
         events = world.generate()
     else:
-        events = read_events(source, fmt=fmt, time_unit=time_unit, **(columns or {}))
+        limits = Limits.parse(time_min, time_max, max_id_length)
+        events = read_events(source, fmt=fmt, time_unit=time_unit, limits=limits, **(columns or {}))
     validate_events(events)
     gen_seconds = time.perf_counter() - t0
 
@@ -81,7 +94,8 @@ def run_data(
         write_parquet(events, tmp / layout.events.name)
         if world is not None:
             world.save(tmp / layout.world_dir.name)
-        write_json({"source": str(source), "size": size, "seed": seed, "format": fmt, **metrics}, tmp / "data_meta.json")
+        write_json({"source": str(source), "size": size, "seed": seed, "format": fmt,
+                    **(limits.as_dict() if limits else {}), **metrics}, tmp / "data_meta.json")
     metrics["stage_seconds"] = time.perf_counter() - t0
 
     mlflow.log_metrics(metrics)

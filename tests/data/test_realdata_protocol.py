@@ -27,6 +27,8 @@ DEFAULT_EVENTS = "../shared/data/diginetica/events.csv.gz"
 # the published split (SR-GNN preprocessing, as shipped with the GCE-GNN code)
 SESSIONS, TEST_SESSIONS, TEST_CASES, ITEMS = 202_633, 15_963, 60_858, 43_097
 # the recipe's parameters (Makefile `realdata-prepare`)
+# the file's made-up times run to 2041 (Makefile REALDATA_TIME_MAX)
+TIME_MAX = "2042-01-01"
 SPLITS = dict(strategy="temporal", val_frac=0.1, test_frac=0.078777, vocab_min_freq=1, vocab_scope="train_val")
 
 pytestmark = pytest.mark.slow
@@ -46,8 +48,8 @@ def diginetica_events() -> Path:
 def realdata_dir(tmp_path_factory) -> Path:
     events = diginetica_events()
     data_dir = tmp_path_factory.mktemp("diginetica")
-    with stage_run("data", {"source": str(events)}):
-        run_data(data_dir, source=str(events))
+    with stage_run("data", {"source": str(events), "time_max": TIME_MAX}):
+        run_data(data_dir, source=str(events), time_max=TIME_MAX)
     with stage_run("preprocess", {}):
         run_preprocess(data_dir)  # defaults: 45-minute gap, min length 2, repeats kept
     with stage_run("splits", SPLITS):
