@@ -14,7 +14,8 @@ from `ray.train.get_context()`. Its argument is a plain dict (it crosses process
 
 An epoch's state directory (a Ray checkpoint, or state_dir/epoch_NNN locally):
 
-    train_state.pt   weights, optimizer, schedule, early-stopping state, history, RNG: resumable
+    train_state.pt   weights, optimizer, schedule, early-stopping state, history, RNG: resumable;
+                     tensors and plain values only, read with torch.load(weights_only=True)
     meta.json        {"epoch", "best_epoch", "best_metric"}: readable without loading the weights
     best/            the best epoch so far as a product checkpoint (checkpoint.py)
 """
@@ -22,6 +23,10 @@ An epoch's state directory (a Ray checkpoint, or state_dir/epoch_NNN locally):
 from __future__ import annotations
 
 import json
+import logging
+import os
+import pickle
+import re
 import resource
 import shutil
 import tempfile
@@ -80,6 +85,7 @@ def peak_rss_mb() -> float:
 def write_state_dir(directory: Path, snapshot: dict, vocab: Vocabulary, extra: dict) -> None:
     """Fill `directory` with one epoch's resumable state and the best model so far."""
     directory.mkdir(parents=True, exist_ok=True)
+    snapshot = plain_state(snapshot)
     torch.save(snapshot, directory / STATE_FILE)
     best_metrics = next((r for r in snapshot["history"] if r["epoch"] == snapshot["best_epoch"]), {})
     model = build_model(ModelConfig.from_dict(snapshot["model_config"]))
@@ -110,14 +116,52 @@ def find_state_dirs(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda d: json.loads((d / META_FILE).read_text())["epoch"])
 
 
+def plain_state(value: Any) -> Any:
+    """A snapshot as tensors and plain Python values only (numpy scalars become numbers), so that
+    `torch.load(weights_only=True)` reads it back."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        items = {k: plain_state(v) for k, v in value.items()}
+        if all(items[k] is v for k, v in value.items()):
+            return value  # unchanged: a state_dict keeps its type and metadata
+        out = value.copy()
+        out.update(items)
+        return out
+    if type(value) in (list, tuple):
+        items = [plain_state(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else type(value)(items)
+    return value
+
+
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+
+
 def load_train_state(directory: str | Path) -> dict[str, Any]:
+    """Read `train_state.pt` with `weights_only=True`: tensors and plain values only. Its path may
+    come from a run tag (`resume_from=<run id>`), so a crafted file must not run code when read:
+    one that names any other Python object is refused, never unpickled."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a training state directory")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = _GLOBAL_RE.search(str(exc))
+        if named:
+            raise ValueError(f"{path} refused: it asks to load the Python object {named.group(1)}, which a training "
+                             f"state never holds (a crafted or foreign file?); it was not unpickled") from None
+        raise ValueError(f"{path} is corrupt: {_last_line(exc)}") from None
     except Exception as exc:
-        raise ValueError(f"{path} is corrupt: {exc}") from None
+        raise ValueError(f"{path} is corrupt: {_last_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a training state (it holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 # -- per-epoch side effects ------------------------------------------------------------------------
@@ -148,12 +192,40 @@ def _ray_context():
         import ray.train
 
         ctx = ray.train.get_context()
-        return ctx.get_world_rank(), ctx.get_world_size()
+        rank_and_size = ctx.get_world_rank(), ctx.get_world_size()
     except Exception:  # not in a Ray Train worker (no session, or Ray not importable)
         return None
+    quiet_ray_train_reports()
+    return rank_and_size
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every `ray.train.report` of every rank ("Reporting training result N:
+    TrainingReport(checkpoint=..., metrics={...every metric...})") at INFO, under a logger named
+    after its file instead of `ray.train.*`, so RunConfig's log level (ray_trainer.py) misses it and
+    each epoch printed one such dump per worker. The epoch lines say the same, readably."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: its own logging applies
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+# oneDNN (bf16 matmuls on CPU) caches a compiled kernel per input shape, up to 1,024 of them, and
+# training shapes vary every step (window lengths, target counts): at the default the cache alone
+# grew a DIGINETICA worker by ~850 MB (BENCHMARKS.md, "Memory of bf16 training"). 64 entries hold
+# every shape of a step and cost no measurable speed. Read once, when the first kernel is built.
+ONEDNN_CACHE_CAPACITY = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+
+
+def bound_kernel_caches() -> None:
+    """Cap oneDNN's per-shape kernel caches, unless the environment already sets them."""
+    for name, value in ONEDNN_CACHE_CAPACITY.items():
+        os.environ.setdefault(name, value)
 
 
 def train_worker(cfg: dict) -> dict:
+    bound_kernel_caches()
     ray_ctx = _ray_context()
     rank, world_size = ray_ctx if ray_ctx is not None else (0, 1)
     if cfg.get("threads"):
