@@ -9,8 +9,9 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 SIZE ?= default
 DATA_DIR ?= data
 SEED ?= 42
-# the experiment is created first so that its artifacts go to ./mlartifacts, and `mlflow run` gets the
-# tracking URI and experiment of the settings (environment or .env; see playlistai/tracking.py)
+# `mlflow run` gets the tracking URI and experiment of the settings (environment or .env; see
+# playlistai/tracking.py, which prints them without importing mlflow); an experiment the launcher
+# creates is moved to MLFLOW_ARTIFACT_ROOT (./mlartifacts) by its first stage
 MLFLOW_RUN := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
   $(VENV)/bin/mlflow run . --env-manager local
 
@@ -73,9 +74,14 @@ VERSION ?=
 PROMOTE ?= auto
 .PHONY: pipeline register export promote rollback
 
+# `make pipeline SOURCE=/path/plays.csv DATA_ARGS="-P user_col=listener -P ts_col=played_at"`: the same on a
+# log file of one's own, into data/<file name> (DATA_DIR=... on the command line picks another folder)
+SOURCE ?=
+DATA_ARGS ?=
 pipeline: $(STAMP)
-	$(MLFLOW_RUN) -e main -P size=$(SIZE) -P seed=$(SEED) -P data_dir=$(DATA_DIR) -P models=$(MODELS) \
-	  -P epochs=$(EPOCHS) -P num_workers=$(NUM_WORKERS)
+	$(MLFLOW_RUN) -e main -P size=$(SIZE) -P seed=$(SEED) -P models=$(MODELS) -P epochs=$(EPOCHS) \
+	  -P num_workers=$(NUM_WORKERS) $(if $(SOURCE),-P source=$(SOURCE) $(DATA_ARGS)) \
+	  $(if $(and $(SOURCE),$(filter file default,$(origin DATA_DIR))),,-P data_dir=$(DATA_DIR))
 
 # `make register` (alias `make export`): package the latest finished training run on DATA_DIR's splits
 # as a pyfunc model, register it and gate it; `RUN_ID=<training run>` picks another run
@@ -100,12 +106,22 @@ COMPOSE ?= docker compose -f deploy/docker-compose.yml
 STACK_SERVICES := postgres mlflow redis api pushgateway prometheus grafana
 SERVICE ?=
 VOLUMES ?=
+# host ports of the stack (the Compose file has the same defaults): clear of a local Redis (6379),
+# `mlflow ui` (5000), `make demo` (8088) and a local Prometheus and Pushgateway (9090, 9091)
+PLAYLISTAI_API_PORT ?= 18088
+PLAYLISTAI_MLFLOW_PORT ?= 15000
+PLAYLISTAI_REDIS_PORT ?= 16379
+PLAYLISTAI_PROMETHEUS_PORT ?= 19090
+PLAYLISTAI_PUSHGATEWAY_PORT ?= 19091
+PLAYLISTAI_GRAFANA_PORT ?= 13000
+export PLAYLISTAI_API_PORT PLAYLISTAI_MLFLOW_PORT PLAYLISTAI_REDIS_PORT PLAYLISTAI_PROMETHEUS_PORT \
+  PLAYLISTAI_PUSHGATEWAY_PORT PLAYLISTAI_GRAFANA_PORT
 .PHONY: up down logs
 
 up:
 	$(COMPOSE) up -d --build --wait $(STACK_SERVICES)
 	$(COMPOSE) up -d trainer
-	@echo "API http://localhost:8088  MLflow http://localhost:5000  Prometheus http://localhost:9090  Grafana http://localhost:3001 (admin/admin)"
+	@echo "API http://localhost:$(PLAYLISTAI_API_PORT)  MLflow http://localhost:$(PLAYLISTAI_MLFLOW_PORT)  Prometheus http://localhost:$(PLAYLISTAI_PROMETHEUS_PORT)  Pushgateway http://localhost:$(PLAYLISTAI_PUSHGATEWAY_PORT)  Grafana http://localhost:$(PLAYLISTAI_GRAFANA_PORT) (admin/admin)"
 	@echo "training runs now: make logs SERVICE=trainer"
 
 down:
@@ -117,11 +133,12 @@ logs:
 # -- training: `make train MODEL=gru4rec TRAIN_ARGS="-P epochs=5 -P trainer=local"` (README "Training").
 # bench-train: events/s and peak RSS per Ray worker, old code (BENCH_OLD_REF) vs new, on `default`,
 # DIGINETICA (`make realdata-prepare` first) and `large` (BENCHMARKS.md). bench-loss: the loss alone.
+# bench-precision: fp32 against bf16 autocast on one SASRec step at DIGINETICA's scale.
 MODEL ?= sasrec
 TRAIN_ARGS ?=
 BENCH_TRAIN_DATASETS ?= default,diginetica,large
 BENCH_OLD_REF ?= 8dd00d0
-.PHONY: train bench-train bench-loss
+.PHONY: train bench-train bench-loss bench-precision
 
 train: $(STAMP)
 	$(MLFLOW_RUN) -e train -P model=$(MODEL) -P data_dir=$(DATA_DIR) $(TRAIN_ARGS)
@@ -133,6 +150,9 @@ bench-train: $(STAMP)
 bench-loss: $(STAMP)
 	$(PY) bench/bench_loss.py
 
+bench-precision: $(STAMP)
+	$(PY) bench/bench_precision.py
+
 # -- real data: DIGINETICA (README "Real data: DIGINETICA"). `make realdata-prepare`: data -> preprocess ->
 # splits under the published protocol: a temporal split whose test part is the 15,963 published test
 # sessions (15963 / 202633 of all sessions), every track of the file indexed, vocabulary from training and
@@ -142,12 +162,15 @@ bench-loss: $(STAMP)
 DATA ?= ../shared/data/diginetica/events.csv.gz
 REALDATA_DIR ?= data/diginetica
 REALDATA_TEST_FRAC := 0.078777
+# the file's times are made up (each session its own user, 60 s between events, sessions end to end):
+# they run from 2014-05-13 to 2041-09-19, past the data stage's default latest time (now + 1 day)
+REALDATA_TIME_MAX := 2042-01-01
 # each model trains on the product defaults, within this budget (minutes)
 REALDATA_MINUTES ?= 30
 .PHONY: realdata-prepare realdata realdata-eval
 
 realdata-prepare: $(STAMP)
-	$(MLFLOW_RUN) -e data -P source=$(DATA) -P data_dir=$(REALDATA_DIR)
+	$(MLFLOW_RUN) -e data -P source=$(DATA) -P data_dir=$(REALDATA_DIR) -P time_max=$(REALDATA_TIME_MAX)
 	$(MLFLOW_RUN) -e preprocess -P data_dir=$(REALDATA_DIR)
 	$(MLFLOW_RUN) -e splits -P data_dir=$(REALDATA_DIR) -P strategy=temporal -P test_frac=$(REALDATA_TEST_FRAC) \
 	  -P val_frac=0.1 -P vocab_min_freq=1 -P vocab_scope=train_val
@@ -180,8 +203,8 @@ bench-serve: $(STAMP)
 	$(PY) bench/bench_serve.py --sizes $(BENCH_SERVE_SIZES) --data-root $(BENCH_DATA_ROOT) $(BENCH_SERVE_ARGS)
 
 # -- monitoring (README "Monitoring"): `make drift` tests the API's latest requests against the
-# production model's training features, logs to MLflow, pushes to the Pushgateway and shows what
-# Prometheus scrapes. `make drift REPLAY=hour` (none | hour | popularity) first replays
+# production model's training features, prints the PSI table, logs to MLflow, pushes to the
+# Pushgateway (a warning, not a failure, when there is none) and shows what Prometheus scrapes. `make drift REPLAY=hour` (none | hour | popularity) first replays
 # DRIFT_REQUESTS training-like requests with that shift against the local API on API_PORT.
 REPLAY ?=
 DRIFT_REQUESTS ?= 1000
@@ -193,8 +216,9 @@ drift: $(STAMP)
 	$(if $(REPLAY),$(PY) -m monitoring.replay --api-url http://127.0.0.1:$(API_PORT) --data-dir $(DATA_DIR) \
 	  --requests $(DRIFT_REQUESTS) --shift $(REPLAY))
 	$(MLFLOW_RUN) -e drift -P pushgateway_url=$(PUSHGATEWAY_URL) $(if $(REPLAY),-P window=$(DRIFT_REQUESTS)) $(DRIFT_ARGS)
-	@echo "-- Pushgateway $(PUSHGATEWAY_URL)/metrics"; curl -sf $(PUSHGATEWAY_URL)/metrics | grep -E '^drift_(psi|detected)' || true
-	@echo "-- API http://127.0.0.1:$(API_PORT)/metrics"; curl -sf http://127.0.0.1:$(API_PORT)/metrics | grep -E '^drift_(psi|detected)' || true
+	@for src in "Pushgateway $(PUSHGATEWAY_URL)" "API http://127.0.0.1:$(API_PORT)"; do \
+	  url=$${src#* }; metrics=$$(curl -sf --max-time 5 $$url/metrics) || continue; \
+	  echo "-- $$src/metrics"; grep -E '^drift_(psi|detected)' <<< "$$metrics" || true; done
 
 # promtool (Debian package `prometheus`) validates the scrape config and the alert rules
 monitoring-check:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_int, cli_errors
-from monitoring.drift_job import DriftJobConfig, run_drift_job, summary_lines
+from entrypoints.common import as_int, cli_errors, echo_next
+from monitoring.drift_job import DriftJobConfig, push_warning, run_drift_job, summary_lines
 from playlistai.config import get_settings
 from playlistai.tracking import run_location, stage_run
 
@@ -35,7 +35,12 @@ def main(
         params = {k: v for k, v in config.__dict__.items() if k != "redis_url"}
         with stage_run("drift", params, settings=settings) as run:
             state = run_drift_job(config)
-        typer.echo("\n".join([*summary_lines(state), f"drift: {run_location(run.info.run_id)}"]))
+        typer.echo("\n".join(summary_lines(state)))
+        warning = push_warning(state)
+        if warning:
+            typer.echo(warning, err=True)
+        typer.echo(f"drift: {state['status']}; {run_location(run.info.run_id)}")
+        echo_next(f"curl -s 127.0.0.1:{settings.API_PORT}/metrics | grep ^drift_", "make drift REPLAY=hour")
 
 
 if __name__ == "__main__":

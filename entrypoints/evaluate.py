@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_bool, as_int, cli_errors, require_splits
+from entrypoints.common import after_training, as_bool, as_int, cli_errors, echo_next, require_splits
 from playlistai.config import get_settings
 from playlistai.evaluation.stage import check_split, parse_baselines, parse_ks, run_evaluate
 from playlistai.tracking import run_location, stage_run
@@ -54,6 +54,11 @@ def main(
             typer.echo(f"evaluate: {report['split']} {row['name']:<14} recall@20 {m['recall_at_20']:.4f} "
                        f"ndcg@10 {m['ndcg_at_10']:.4f} ({row['kind']})")
         typer.echo(f"evaluate: {run_location(run.info.run_id)}")
+        uri = params["model_uri"]
+        if uri.startswith("runs:/") and uri.rstrip("/").endswith("/checkpoint"):
+            echo_next(after_training(uri.removeprefix("runs:/").split("/", 1)[0], params["data_dir"], settings.DATA_DIR)[0])
+        elif not uri:
+            echo_next("make train" + (f" DATA_DIR={params['data_dir']}" if params["data_dir"] != settings.DATA_DIR else ""))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_bool, as_int, cli_errors
+from entrypoints.common import as_bool, as_int, cli_errors, echo_next, next_stage_commands
 from playlistai.config import get_settings
 from playlistai.data.stages import run_preprocess
 from playlistai.tracking import run_location, stage_run
@@ -33,6 +33,7 @@ def main(
             m = run_preprocess(**params)
         typer.echo(f"preprocess: {m['sessions']:,.0f} sessions, {m['events_out']:,.0f} events, "
                    f"mean length {m['session_len_mean']:.2f}; {run_location(run.info.run_id)}")
+        echo_next(*next_stage_commands("splits", params["data_dir"], settings.DATA_DIR))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_int, cli_errors
+from entrypoints.common import as_int, cli_errors, echo_next, ui_command
 from playlistai.config import get_settings
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.registry.stage import run_register
@@ -60,6 +60,7 @@ def main(
         d = summary["decision"]
         typer.echo(f"register: {summary['model_name']} v{summary['version']}: {d['decision']} "
                    f"({summary['alias']} -> v{d['production_after']}): {d['reason']}; {run_location(run.info.run_id)}")
+        echo_next("make api", ui_command(settings))
 
 
 if __name__ == "__main__":

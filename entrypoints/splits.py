@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_int, cli_errors
+from entrypoints.common import as_int, cli_errors, echo_next, next_stage_commands
 from playlistai.config import get_settings
 from playlistai.data.splits import parse_vocab_scope
 from playlistai.data.stages import run_splits
+from playlistai.registry.pipeline import tiny_data_warning
 from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
@@ -40,6 +41,10 @@ def main(
         typer.echo(f"splits: vocab {m['vocab_size']:,.0f} tracks; train/val/test sessions "
                    f"{m['train_sessions']:,.0f}/{m['val_sessions']:,.0f}/{m['test_sessions']:,.0f}; "
                    f"{run_location(run.info.run_id)}")
+        warning = tiny_data_warning(m)
+        if warning:
+            typer.echo(f"warning: splits: {warning}", err=True)
+        echo_next(*next_stage_commands("train", params["data_dir"], settings.DATA_DIR))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_bool, as_int, cli_errors, require_splits
+from entrypoints.common import after_training, as_bool, as_int, cli_errors, echo_next, require_splits
 from playlistai.config import get_settings
 from playlistai.tracking import run_location
 from playlistai.training.stage import TrainParams, run_train_stage
@@ -121,8 +121,9 @@ def main(
             f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "
             f"val_ndcg_at_10={best.get('val_ndcg_at_10', float('nan')):.4f} "
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
-            f"in {outcome.wall_seconds:.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
+            f"in {outcome.wall_seconds:,.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
         )
+        echo_next(*after_training(outcome.run_id, params.data_dir, settings.DATA_DIR))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Too few current rows is reported as "not enough data": no test runs and no alarm
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -27,8 +26,6 @@ import pandas as pd
 from monitoring.drift import DriftResult, detect_drift
 from playlistai.inference.features import CATEGORICAL, DRIFT_FEATURE_NAMES, DRIFT_STATE_FIELD
 from playlistai.model_ref import ModelRef
-
-log = logging.getLogger(__name__)
 
 PUSH_JOB = "playlistai_drift"
 STREAM_SOURCE = "stream"
@@ -94,9 +91,14 @@ def load_reference(model_uri: str) -> tuple[pd.DataFrame, dict]:
         stats, sample = load_package_reference(package / DRIFT_STATS_FILE, package / DRIFT_SAMPLE_FILE)
         return as_drift_features(sample), {"model_version": None, "n_cases": stats.get("n_cases")}
 
+    from playlistai.inference.package import ModelPackageError
     from playlistai.registry.pyfunc import registered_version
 
-    version = registered_version(ref)
+    try:
+        version = registered_version(ref)
+    except ModelPackageError as exc:
+        raise ModelPackageError(f"{exc} The drift job compares traffic with a registered model's training "
+                                f"features: register one first (`make pipeline`), or pass model_uri") from None
     if version is not None and ref.kind == "alias":      # the version the alias names now, once
         ref = ModelRef.of_version(ref.name, version)
     with tempfile.TemporaryDirectory(prefix="playlistai-drift-ref-") as tmp:
@@ -117,9 +119,14 @@ def stream_rows(redis_url: str, stream_key: str, count: int) -> pd.DataFrame:
     if not redis_url:
         raise ValueError("the current window comes from the Redis stream, but REDIS_URL is empty; "
                          "set it, or pass a Parquet file of feature rows as `current`")
+    import redis
+
     client = _redis(redis_url)
     try:
         entries = client.xrevrange(stream_key, "+", "-", count=count)
+    except redis.RedisError as exc:
+        raise ValueError(f"cannot read the API's requests from Redis at {redis_url} ({exc}); start Redis and "
+                         f"the API (`make api`), or pass a Parquet file of feature rows as `current`") from None
     finally:
         client.close()
     rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in reversed(entries)]
@@ -251,6 +258,7 @@ def log_to_mlflow(result: DriftResult, reference: pd.DataFrame, current: pd.Data
 
         with tempfile.TemporaryDirectory(prefix="playlistai-detectors-") as tmp:
             for name, detector in result.detectors.items():
+                (Path(tmp) / name).mkdir()   # made here: alibi-detect warns about each folder it creates
                 save_detector(detector, Path(tmp) / name)
             mlflow.log_artifacts(tmp, "drift/detectors")
     fig = distribution_figure(reference, current, result)
@@ -262,6 +270,8 @@ def run_drift_job(config: DriftJobConfig) -> dict:
     """Run the drift tests and report them everywhere; returns the state (result + where it went).
 
     Expects an active MLflow run (the entry point opens it with `stage_run`)."""
+    # two small files of the model package: no progress bars for them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     reference, meta = load_reference(config.model_uri)
     current = current_rows(config)
     result = detect_drift(reference, current, p_val=config.p_val, min_samples=config.min_samples)
@@ -271,26 +281,49 @@ def run_drift_job(config: DriftJobConfig) -> dict:
     if config.pushgateway_url:
         try:
             push_to_pushgateway(config.pushgateway_url, state)
+            state["pushed_to"] = config.pushgateway_url
         except OSError as exc:
-            raise ValueError(f"cannot push to the Pushgateway at {config.pushgateway_url} ({exc}); the result "
-                             f"is logged to MLflow and stored in {', '.join(stored_in)}") from None
-        state["pushed_to"] = config.pushgateway_url
+            # the result is in MLflow and where the API reads it: a missing Pushgateway (a laptop
+            # without the Compose stack) costs the push only, and says so
+            reason = getattr(exc, "reason", None) or exc
+            state["push_error"] = f"cannot reach the Pushgateway at {config.pushgateway_url} ({reason})"
+            mlflow_tag("drift_push", "failed")
     else:
-        log.warning("PUSHGATEWAY_URL is empty: the drift result is not pushed")
+        state["push_error"] = "PUSHGATEWAY_URL is empty"
     state["stored_in"] = stored_in
     return state
 
 
+def mlflow_tag(key: str, value: str) -> None:
+    import mlflow
+
+    if mlflow.active_run():
+        mlflow.set_tag(key, value)
+
+
 def summary_lines(state: dict) -> list[str]:
-    """A readable report of one run, for the terminal."""
-    lines = [f"drift: {state['status']}: {state['message']} "
-             f"({state['n_current']} live requests vs {state['n_reference']} training cases"
-             f"{', model version ' + str(state['model_version']) if state.get('model_version') else ''})"]
-    for feature in state["psi"]:
-        flag = "  DRIFT" if feature in state["drifted_features"] else ""
-        lines.append(f"  {feature:<14} psi {state['psi'][feature]:7.4f}   p {state['p_values'][feature]:.3g}"
-                     f" (threshold {state['thresholds'][feature]:.3g}){flag}")
+    """A readable report of one run, for the terminal: the verdict, a table of the tested features
+    (PSI, p-value, the corrected threshold) and where the result went."""
+    version = f", model version {state['model_version']}" if state.get("model_version") else ""
+    lines = [f"drift: {state['message']} ({state['n_current']:,} live requests vs {state['n_reference']:,} "
+             f"training cases{version})"]
+    if state["psi"]:
+        lines.append(f"  {'feature':<14} {'PSI':>8} {'p-value':>10} {'threshold':>10}")
+        for feature in state["psi"]:
+            flag = "  DRIFT" if feature in state["drifted_features"] else ""
+            lines.append(f"  {feature:<14} {state['psi'][feature]:8.4f} {state['p_values'][feature]:10.3g}"
+                         f" {state['thresholds'][feature]:10.3g}{flag}")
+        lines.append("  (PSI: under 0.1 stable, 0.1-0.25 moderate, over 0.25 large; a feature has drifted "
+                     "when its p-value is under the threshold)")
     if state.get("pushed_to"):
         lines.append(f"pushed to {state['pushed_to']} (job {PUSH_JOB})")
     lines.append(f"stored in {', '.join(state['stored_in'])} (the API's /metrics reports it)")
     return lines
+
+
+def push_warning(state: dict) -> str | None:
+    """The one-line warning of a result that was not pushed, or None."""
+    if not state.get("push_error"):
+        return None
+    return (f"warning: drift: not pushed: {state['push_error']}; the result is logged to MLflow and stored for "
+            f"the API's /metrics. Start one (`prometheus-pushgateway`, or `make up`) or point PUSHGATEWAY_URL at it")

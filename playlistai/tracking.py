@@ -33,21 +33,36 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import mlflow
-
 import playlistai
 from playlistai.config import Settings, get_settings
-from playlistai.data.layout import pid_alive
+
+# mlflow (and pandas) are imported by the functions that use them, so that
+# `python -m playlistai.tracking --shell`, which `make` runs before every `mlflow run`, starts in a
+# fraction of a second; every stage imports mlflow anyway.
+if TYPE_CHECKING:
+    import mlflow
 
 log = logging.getLogger(__name__)
 ERROR_TAG = "error"
 PROCESS_TAG = "stage_process"
 ENDED_BY_TAG = "ended_by"
 MAX_TAG_CHARS = 5000
+# MLflow 3's UI opens an experiment on what its kind says: without the tag it guesses, and an
+# experiment without traces opened on the GenAI overview (traces, tokens, "No data"). The tag and its
+# value for classic model training are the UI's own (mlflow/server/js: `mlflow.experimentKind`,
+# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT; the Python package sets it only in mlflow/demo).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"
+EXPERIMENT_DESCRIPTION = (
+    "PlayListAI: one run per pipeline stage (tag `stage`). Headline metrics: `test_ndcg_at_10` and "
+    "`test_recall_at_20` (evaluation runs `test:<scorer>`, and `<model>_test_*` on the `main` run), "
+    "`best_val_ndcg_at_10` (training runs). Registered models: Models -> playlistai."
+)
 
 
 def _is_local_store(uri: str) -> bool:
@@ -69,11 +84,29 @@ def tracking_uri(settings: Settings | None = None) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.MLFLOW_TRACKING_URI
     if uri.startswith("file:") or (uri.rstrip("/").endswith("mlruns") and "://" not in uri):
         raise ValueError(f"MLFLOW_TRACKING_URI={uri!r}: the plain file store is not supported; use sqlite:/// or a server")
+    _check_sqlite_dir(uri)
     return uri
+
+
+def _check_sqlite_dir(uri: str) -> None:
+    """MLflow creates the missing directories of a SQLite path, and then an empty store in them: a
+    mistyped `sqlite:////missing_dir/mlflow.db` would start a new history there. Refuse it instead;
+    a missing database file in an existing directory is a new store, as for the default."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db_path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
+        return
+    parent = Path(db_path).parent
+    if not parent.is_dir():
+        raise ValueError(f"MLFLOW_TRACKING_URI={uri!r}: the directory {parent} does not exist (a typo?); "
+                         f"create it first to start a new store there")
 
 
 def configure_mlflow(settings: Settings | None = None) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
+    import mlflow
+
     settings = settings or get_settings()
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
@@ -90,8 +123,23 @@ def configure_mlflow(settings: Settings | None = None) -> str:
             experiment_id = mlflow.get_experiment_by_name(name).experiment_id
     else:
         experiment_id = experiment.experiment_id
+    mark_experiment_kind(mlflow.MlflowClient(), experiment_id, experiment.tags if experiment else {})
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def mark_experiment_kind(client: mlflow.MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> None:
+    """Tag the experiment as model training (MLflow 3's UI then opens it on its runs) and describe
+    where the headline metrics are, unless someone already set either."""
+    import mlflow
+
+    try:
+        if EXPERIMENT_KIND_TAG not in tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if DESCRIPTION_TAG not in tags:
+            client.set_experiment_tag(experiment_id, DESCRIPTION_TAG, EXPERIMENT_DESCRIPTION)
+    except mlflow.exceptions.MlflowException as exc:  # a read-only store or permissions: the UI only
+        log.warning("could not tag experiment %s: %s", experiment_id, exc)
 
 
 def _local_path(location: str) -> Path | None:
@@ -145,6 +193,8 @@ def use_launcher_run(run_id: str, settings: Settings | None = None) -> str:
     The launcher chose that experiment (`--experiment-name`, MLFLOW_EXPERIMENT_NAME or
     MLFLOW_EXPERIMENT_ID of the environment, else `Default`), so it is where the run stays.
     """
+    import mlflow
+
     settings = settings or get_settings()
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
@@ -164,12 +214,15 @@ def use_launcher_run(run_id: str, settings: Settings | None = None) -> str:
         log.warning("note: `mlflow run` put this run in experiment %r; MLFLOW_EXPERIMENT_NAME is %r "
                     "(pass --experiment-name %s, or export MLFLOW_EXPERIMENT_NAME, to log there)",
                     experiment.name, settings.MLFLOW_EXPERIMENT_NAME, shlex.quote(settings.MLFLOW_EXPERIMENT_NAME))
+    mark_experiment_kind(client, experiment.experiment_id, experiment.tags)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
 
 def run_location(run_id: str) -> str:
     """`run <id> in experiment '<name>'`: where a stage's results are, for its last line."""
+    import mlflow
+
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     return f"run {run_id} in experiment '{client.get_experiment(run.info.experiment_id).name}'"
@@ -221,6 +274,8 @@ def log_params_once(run: mlflow.ActiveRun, params: Mapping[str, Any]) -> None:
     resolved it to something else (an empty default filled from Settings), the resolved value is
     logged as `resolved_<key>`.
     """
+    import mlflow
+
     logged = run.data.params if run.data else {}
     fresh = {}
     for k, v in params.items():
@@ -242,6 +297,8 @@ def stage_run(
     run_name: str | None = None,
     nested: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
+    import mlflow
+
     # taken out of the environment (as mlflow.start_run does when it reads it itself): left there,
     # a later start_run(nested=True) in this stage would resume this run instead of a child
     run_id = os.environ.pop("MLFLOW_RUN_ID", None) if not nested else None
@@ -284,6 +341,8 @@ def close_if_abandoned(client: mlflow.MlflowClient, run_id: str, note: str, quie
     without a `stage_process` tag is left alone. `note` (who noticed) goes into the `ended_by` tag.
     Returns True when the run was ended.
     """
+    from playlistai.data.layout import pid_alive
+
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":
         return False
@@ -316,6 +375,8 @@ def error_text(exc: BaseException) -> str:
 def mark_failed(exc: BaseException) -> None:
     """End the active run as FAILED with the error as its `error` tag. When the store cannot be
     reached either, the stage's own error is what the caller must see, so this never raises."""
+    import mlflow
+
     try:
         mlflow.set_tag(ERROR_TAG, error_text(exc))
     except Exception as tag_exc:  # the stage's error matters more than this one
@@ -331,27 +392,34 @@ def main(argv: list[str] | None = None) -> int:
 
     `--shell` prints `export` lines instead, for `mlflow run` to use the tracking URI and the
     experiment of Settings (environment or `.env`): `eval "$(python -m playlistai.tracking --shell)"`.
+    It only reads the settings (no mlflow import, no store access: a fraction of a second before
+    every `make` stage); an experiment `mlflow run` then creates is moved to MLFLOW_ARTIFACT_ROOT by
+    the stage (`use_launcher_run`), as under a bare `mlflow run`.
     """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m playlistai.tracking", description=main.__doc__.split("\n")[0])
     parser.add_argument("--shell", action="store_true", help="print export lines of MLFLOW_TRACKING_URI and "
-                        "MLFLOW_EXPERIMENT_NAME instead of the experiment id")
+                        "MLFLOW_EXPERIMENT_NAME instead of creating the experiment")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
-        experiment_id = configure_mlflow(settings)
         uri = tracking_uri(settings)
-    except (ValueError, mlflow.exceptions.MlflowException) as exc:
+        if args.shell:
+            print(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
+            print(f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(settings.MLFLOW_EXPERIMENT_NAME)}")
+            return 0
+        import mlflow
+
+        try:
+            experiment_id = configure_mlflow(settings)
+        except mlflow.exceptions.MlflowException as exc:
+            raise ValueError(str(exc)) from None
+    except ValueError as exc:
         print(f"error: tracking: {exc}", file=sys.stderr)
         return 2
-    if args.shell:
-        print(f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}")
-        print(f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(settings.MLFLOW_EXPERIMENT_NAME)}")
-    else:
-        print(experiment_id)
+    print(experiment_id)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

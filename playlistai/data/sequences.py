@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import Dataset
 
 from playlistai.data.layout import DataLayout
 from playlistai.data.vocab import PAD, Vocabulary
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -102,8 +104,11 @@ def left_pad(seq: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-class SequenceDataset(Dataset):
+class SequenceDataset:
     """Training windows: inputs, next-track targets and target contexts, all of length max_seq_len.
+
+    A map-style dataset (`__len__`, `__getitem__`), as torch's DataLoader takes it; torch itself is
+    imported by the first `__getitem__`, so the data stages, which only count windows, never load it.
 
     A session of n known tracks gives n - 1 (input, target) pairs; longer sessions are cut into
     consecutive windows so every pair is trained on exactly once per epoch. Windows are left-padded
@@ -131,6 +136,8 @@ class SequenceDataset(Dataset):
         return sum(end - start - 1 for _, start, end in self.windows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        import torch
+
         s, start, end = self.windows[i]
         items = self.sessions.items[s]
         L = self.max_seq_len

@@ -10,15 +10,20 @@ Stages run in subprocesses with the current environment (`env_manager="local"`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from playlistai.models.config import canonical_family
-
 SELECTION_METRIC = "test_ndcg_at_10"
+# the stages `main` runs see this in their environment (entrypoints.common.IN_PIPELINE_ENV): their next
+# step is the pipeline's, so they print no "next:" line of their own
+IN_PIPELINE_ENV = "PLAYLISTAI_IN_PIPELINE"
+# below these, a dataset gives metrics too noisy to choose a model by (wide intervals, few cases)
+MIN_VOCAB_TRACKS = 100
+MIN_TEST_SESSIONS = 100
 
 
 class PipelineError(RuntimeError):
@@ -26,11 +31,25 @@ class PipelineError(RuntimeError):
 
 
 def parse_models(value: str | Sequence[str]) -> list[str]:
+    from playlistai.models.config import canonical_family  # imports torch: only when the names are checked
+
     names = value.split(",") if isinstance(value, str) else list(value)
     models = list(dict.fromkeys(canonical_family(n) for n in names if str(n).strip()))
     if not models:
         raise ValueError("models: name at least one of sasrec, gru4rec")
     return models
+
+
+def tiny_data_warning(splits_metrics: Mapping[str, float]) -> str | None:
+    """One line when the splits are too small for the evaluation to mean much, else None."""
+    tracks = int(splits_metrics.get("vocab_size", 0))
+    test_sessions = int(splits_metrics.get("test_sessions", 0))
+    if tracks >= MIN_VOCAB_TRACKS and test_sessions >= MIN_TEST_SESSIONS:
+        return None
+    return (f"tiny data: {tracks:,} tracks in the vocabulary and {test_sessions:,} test sessions (under "
+            f"{MIN_VOCAB_TRACKS:,} and {MIN_TEST_SESSIONS:,}): the models will train, but their test metrics "
+            f"will have wide confidence intervals and comparisons between them will be unreliable; a log with more "
+            f"users and plays (or a lower vocab_min_freq) gives metrics to trust")
 
 
 def _as_param(value) -> str:
@@ -41,6 +60,8 @@ def run_stage(project_uri: str, entry_point: str, params: Mapping, run_name: str
     """Run one entry point as a child of the active run; return its run id."""
     parent = mlflow.active_run()
     t0 = time.perf_counter()
+    previous = os.environ.get(IN_PIPELINE_ENV)
+    os.environ[IN_PIPELINE_ENV] = "1"     # the stage's process inherits it
     try:
         submitted = mlflow.projects.run(
             project_uri,
@@ -53,9 +74,15 @@ def run_stage(project_uri: str, entry_point: str, params: Mapping, run_name: str
         )
     except ExecutionException as exc:
         raise PipelineError(f"stage `{run_name}` failed: {exc}") from None
+    finally:
+        if previous is None:
+            os.environ.pop(IN_PIPELINE_ENV, None)
+        else:
+            os.environ[IN_PIPELINE_ENV] = previous
     # the stage names its run after itself; the pipeline's name says which model it was for
     mlflow.MlflowClient().set_tag(submitted.run_id, "mlflow.runName", run_name)
-    mlflow.log_metric(f"seconds_{run_name.replace('-', '_')}", time.perf_counter() - t0)
+    # grouped under one prefix, so that MLflow's UI keeps them apart from the models' headline metrics
+    mlflow.log_metric(f"stage_seconds/{run_name.replace('-', '_')}", time.perf_counter() - t0)
     return submitted.run_id
 
 
@@ -73,12 +100,21 @@ def run_pipeline(
     promote: str = "auto",
     n_resamples: int = 1000,
     project_uri: str = ".",
+    data_params: Mapping | None = None,
 ) -> dict:
-    """Run every stage under the active (parent) run; return the summary it logs."""
+    """Run every stage under the active (parent) run; return the summary it logs.
+
+    `data_params` go to the `data` stage beside size, seed and data_dir: `source` (a user's log file
+    instead of the synthetic data) and its reading params (format, columns, time_unit). Splits too
+    small to evaluate on (`tiny_data_warning`; the splits stage prints it) are the summary's and the
+    run's `data_warning`."""
     client = mlflow.MlflowClient()
-    run_stage(project_uri, "data", {"size": size, "seed": seed, "data_dir": data_dir}, "data")
+    run_stage(project_uri, "data", {"size": size, "seed": seed, "data_dir": data_dir, **(data_params or {})}, "data")
     run_stage(project_uri, "preprocess", {"data_dir": data_dir}, "preprocess")
-    run_stage(project_uri, "splits", {"data_dir": data_dir}, "splits")
+    splits_run = run_stage(project_uri, "splits", {"data_dir": data_dir}, "splits")
+    data_warning = tiny_data_warning(client.get_run(splits_run).data.metrics)
+    if data_warning:
+        mlflow.set_tag("data_warning", data_warning)
 
     trained: dict[str, str] = {}
     for model in models:
@@ -114,6 +150,8 @@ def run_pipeline(
         "registered_version": reg.tags.get("registered_version"),
         "gate_decision": reg.tags.get("gate_decision"),
         "gate_reason": reg.tags.get("gate_reason"),
+        "data_dir": str(data_dir),
+        "data_warning": data_warning,
     }
     mlflow.set_tags({
         "registered_version": summary["registered_version"] or "",

@@ -12,20 +12,42 @@
 - Checkpoints: rank 0 hands each epoch's state directory to `ray.train.report`; Ray copies it to
   `storage_path/name/epoch_NNN` and keeps the last `KEEP_CHECKPOINTS`. On a multi-node cluster
   storage_path and data_dir must be shared storage (NFS, or a cloud URI for storage_path).
+- Output: the user reads the epoch lines and the stage's summary, so Ray Train's own INFO lines
+  (resource requests, "Reporting training result ...: TrainingReport(...)", checkpoint paths) stay
+  in Ray's log files (RunConfig's logging level WARNING). On the local Ray, three more things are
+  quieted at their source (`quiet_local_ray`, `quiet_local_ray_worker`):
+  * Ray Train V2's PlacementGroupCleaner, a detached actor of every run, asks Ray's State API each
+    second whether the controller still lives. That API is served by the Ray dashboard, which the
+    `ray[train]` install does not have ("Cannot include dashboard with missing packages"), so every
+    check fails: a "Failed to query Ray Train Controller actor state" warning a second, or, with
+    another Ray running on the machine, a `Found multiple active Ray instances` ConnectionError that
+    kills its thread with a traceback. The local cluster, and its placement groups, end with the run
+    (`ray.shutdown`), so the cleaner has nothing to do here: its logger and its thread's exit are
+    silenced in the job's workers (a runtime-env setup hook). On a cluster (RAY_ADDRESS: KubeRay's
+    head runs the dashboard) it works, and nothing is changed.
+  * the preemption watcher (spot instances) is off: a laptop is not preempted, and its actor only
+    produced a core_worker error line about its constructor arguments;
+  * the notice that token authentication is on (it stays on), and ANSI colours when stderr is not a
+    terminal (a log file, `make` output piped to a file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from playlistai.training.worker import train_worker
-
 KEEP_CHECKPOINTS = 2
 OBJECT_STORE_BYTES = 256 * 1024**2
+# Ray Train's console output: warnings and errors (its INFO lines go to Ray's log files only)
+RAY_TRAIN_CONSOLE_LEVEL = "WARNING"
+CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+CLEANER_THREAD = "PlacementGroupCleanerMonitor"
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +56,31 @@ class RayRunResult:
     summary: dict                 # what rank 0's train_worker returned
     checkpoint_dir: Path | None   # the last epoch's state directory, on local disk
     storage_dir: str              # storage_path/name
+
+
+def quiet_local_ray_worker() -> None:
+    """Runs in every worker process of the local Ray (the job's `worker_process_setup_hook`): the
+    PlacementGroupCleaner, which cannot reach the State API without a dashboard, fails quietly."""
+    logging.getLogger(CLEANER_LOGGER).setLevel(logging.CRITICAL)
+    previous = threading.excepthook
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name == CLEANER_THREAD:
+            logging.getLogger(CLEANER_LOGGER).debug("monitor thread ended: %r", args.exc_value)
+            return
+        previous(args)
+
+    threading.excepthook = excepthook
+
+
+def quiet_local_ray() -> dict:
+    """Set this process up for a local Ray (see the module docstring, "Output"); return the job's
+    runtime env."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")   # propagated to the controller
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    logging.getLogger(AUTH_NOTICE_LOGGER).setLevel(logging.ERROR)
+    return {"worker_process_setup_hook": f"{__name__}.quiet_local_ray_worker"}
 
 
 def start_ray(address: str | None, num_workers: int) -> bool:
@@ -52,6 +99,7 @@ def start_ray(address: str | None, num_workers: int) -> bool:
         object_store_memory=OBJECT_STORE_BYTES,
         log_to_driver=True,
         logging_level=logging.WARNING,
+        runtime_env=quiet_local_ray(),
     )
     return True
 
@@ -85,8 +133,10 @@ def run_on_ray(
 ) -> RayRunResult:
     """Train on Ray; `use_gpu=None` uses GPUs when there is one per worker (`gpus_for_workers`)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from playlistai.training.worker import train_worker
 
     started = start_ray(address, num_workers)
     try:
@@ -106,6 +156,7 @@ def run_on_ray(
                 storage_path=storage_path,
                 checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                 failure_config=FailureConfig(max_failures=0),
+                logging_config=LoggingConfig(log_level=RAY_TRAIN_CONSOLE_LEVEL),
             ),
         )
         result = trainer.fit()

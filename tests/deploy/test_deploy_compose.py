@@ -8,6 +8,7 @@ name of a PlayListAI service is a Settings field and its value passes Settings' 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -47,13 +48,24 @@ def command_of(service: dict) -> list[str]:
     return shlex.split(cmd) if isinstance(cmd, str) else list(cmd or [])
 
 
-def host_ports(service: dict) -> dict[int, int]:
-    """container port -> host port."""
+def host_ports(service: dict, env: dict[str, str] | None = None) -> dict[int, int]:
+    """container port -> host port, interpolated as Compose does with `env` (else the file's defaults)."""
     out = {}
     for p in service.get("ports", []):
-        parts = str(p).split(":")  # [ip:]host:container
+        value = re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", lambda m: (env or {}).get(m.group(1)) or m.group(2), str(p))
+        parts = value.split(":")  # [ip:]host:container
         out[int(parts[-1])] = int(parts[-2] if len(parts) > 1 else parts[-1])
     return out
+
+
+# published ports: the variable that sets each and its default, clear of the services a developer runs
+# beside the stack (a local Redis, `mlflow ui`, `make demo`/`make api`, a local Prometheus and Pushgateway)
+PUBLISHED = {"api": ("PLAYLISTAI_API_PORT", 8088, 18088), "mlflow": ("PLAYLISTAI_MLFLOW_PORT", 5000, 15000),
+             "redis": ("PLAYLISTAI_REDIS_PORT", 6379, 16379),
+             "prometheus": ("PLAYLISTAI_PROMETHEUS_PORT", 9090, 19090),
+             "pushgateway": ("PLAYLISTAI_PUSHGATEWAY_PORT", 9091, 19091),
+             "grafana": ("PLAYLISTAI_GRAFANA_PORT", 3000, 13000)}
+LOCAL_PORTS = {6379, 5000, 8088, 9090, 9091}
 
 
 def test_compose_file_validates_against_the_compose_spec_schema():
@@ -77,13 +89,30 @@ def test_the_schema_check_rejects_a_broken_compose_file(tmp_path, compose):
 
 def test_the_whole_stack_is_there(compose):
     assert set(compose["services"]) == STACK
-    ports = {name: host_ports(s) for name, s in compose["services"].items()}
-    assert ports["api"] == {8088: 8088}
-    assert ports["redis"] == {6379: 6379}
-    assert ports["mlflow"] == {5000: 5000}
-    assert ports["prometheus"] == {9090: 9090}
-    assert ports["pushgateway"] == {9091: 9091}
-    assert ports["grafana"] == {3000: 3001}  # http://localhost:3001, as in the README
+    ports = {name: host_ports(s) for name, s in compose["services"].items() if s.get("ports")}
+    assert ports == {name: {inside: default} for name, (_, inside, default) in PUBLISHED.items()}
+    assert not set().union(*(p.values() for p in ports.values())) & LOCAL_PORTS, "a default clashes with a local service"
+
+
+def test_published_ports_come_from_the_environment(compose):
+    env = {var: str(40000 + i) for i, (var, _, _) in enumerate(PUBLISHED.values())}
+    for name, (var, inside, _) in PUBLISHED.items():
+        assert host_ports(compose["services"][name], env) == {inside: int(env[var])}, name
+
+
+def test_make_up_prints_and_hands_compose_the_same_ports():
+    """make's defaults are the Compose file's; a port set in the environment reaches both."""
+    proc = subprocess.run(["make", "-n", "up"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PLAYLISTAI_MLFLOW_PORT": "25000"})
+    assert proc.returncode == 0, proc.stderr
+    assert "MLflow http://localhost:25000" in proc.stdout and "API http://localhost:18088" in proc.stdout
+    compose_text = COMPOSE_FILE.read_text()
+    makefile = (REPO / "Makefile").read_text()
+    exported = makefile[makefile.index("\nexport PLAYLISTAI_"):].split("\n.PHONY")[0]
+    for var, _, default in PUBLISHED.values():
+        assert f"${{{var}:-{default}}}" in compose_text, var
+        assert re.search(rf"^{var} \?= {default}$", makefile, re.M), var
+        assert var in exported, f"make does not export {var} to docker compose"
 
 
 def test_builds_use_the_repository_dockerfiles(compose):
@@ -164,7 +193,7 @@ def test_env_example_and_settings_agree_with_the_compose_ports(compose):
     assert int(example["API_PORT"].split()[0]) == port == 8088
     api = compose["services"]["api"]
     assert int(env_of(api)["API_PORT"]) == port
-    assert host_ports(api) == {port: port}
+    assert set(host_ports(api)) == {port}
 
 
 def test_service_urls_point_at_services_of_the_stack(compose):
@@ -197,6 +226,11 @@ def test_mlflow_server_command_is_valid_for_the_installed_mlflow(compose):
     assert ctx.params["host"] == "0.0.0.0"
     hosts = ctx.params["allowed_hosts"].split(",")
     assert "mlflow" in hosts and "mlflow:5000" in hosts, "the API and trainer reach it as mlflow:5000"
+    # a browser on the host reaches it on whatever port PLAYLISTAI_MLFLOW_PORT publishes
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    assert is_allowed_host_header(hosts, "localhost:15000") and is_allowed_host_header(hosts, "127.0.0.1:25000")
+    assert not is_allowed_host_header(hosts, "attacker.example:15000")
 
 
 def test_trainer_runs_the_main_pipeline_from_the_image(compose):

@@ -130,7 +130,8 @@ def test_stage_summaries_print_counts_as_integers_with_thousands_separators(tmp_
     proc = subprocess.run([sys.executable, "-m", "entrypoints.data", "--size", "tiny", "--seed", "42", "--data-dir",
                            str(tmp_path / "d")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    line = proc.stdout.strip().splitlines()[-1]
+    line, last = proc.stdout.strip().splitlines()[-2:]      # the summary, then the next command
+    assert last.startswith("next: `make preprocess DATA_DIR="), last
     # the tiny dataset of seed 42 has 9062 plays: printed 9,062, never 9062 or 9.062e+03
     assert re.fullmatch(r"data: users=\d+, tracks=\d+, events=9,062 -> .*/d/raw; run [0-9a-f]{32} in experiment "
                         r"'playlistai'", line), line

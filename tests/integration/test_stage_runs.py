@@ -48,3 +48,38 @@ def test_a_stage_ends_the_runs_of_processes_that_are_gone():
     assert client.get_run(run.info.run_id).data.tags[PROCESS_TAG].startswith(f"{host}:")
     for run_id in (alive, elsewhere):
         client.set_terminated(run_id)
+
+
+def test_the_experiment_opens_on_its_runs_in_mlflow_3s_ui(monkeypatch):
+    """MLflow 3's UI opens an experiment without a kind on its GenAI overview; every stage marks its
+    experiment as model training (the UI's own tag and value) and says where the headline metrics are."""
+    from playlistai.config import get_settings
+    from playlistai.tracking import (
+        DESCRIPTION_TAG,
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        use_launcher_run,
+    )
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "kind-probe")
+    get_settings.cache_clear()
+    try:
+        experiment_id = configure_mlflow()
+        tags = mlflow.MlflowClient().get_experiment(experiment_id).tags
+        assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+        assert "test_ndcg_at_10" in tags[DESCRIPTION_TAG]
+
+        # an experiment `mlflow run` created (no tags), and one whose owner chose another kind and text
+        client = mlflow.MlflowClient()
+        bare = client.create_experiment("kind-bare")
+        run = client.create_run(bare)
+        use_launcher_run(run.info.run_id)
+        assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+        chosen = client.create_experiment("kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development",
+                                                               DESCRIPTION_TAG: "mine"})
+        run = client.create_run(chosen)
+        use_launcher_run(run.info.run_id)
+        tags = client.get_experiment(chosen).tags
+        assert (tags[EXPERIMENT_KIND_TAG], tags[DESCRIPTION_TAG]) == ("genai_development", "mine")
+    finally:
+        get_settings.cache_clear()
