@@ -1,4 +1,4 @@
-"""A mistyped SQLite tracking URI is refused, not turned into a new directory and an empty store (issue 18)."""
+"""A mistyped SQLite tracking URI is refused, not turned into a new directory and an empty store."""
 
 from __future__ import annotations
 

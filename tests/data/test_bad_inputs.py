@@ -1,4 +1,4 @@
-"""The data stage's bad-input corpus (issue 18): every file is refused with the file, the line (Parquet:
+"""The data stage's bad-input corpus: every file is refused with the file, the line (Parquet:
 the row), the value and the reason, by `read_events` and by the `data` entry point (exit 2, one line
 on stderr, no traceback, the run FAILED, nothing written); valid files still read as before.
 

@@ -1,4 +1,4 @@
-"""Training resume reads `train_state.pt` with `torch.load(weights_only=True)` (issue 18): the state a
+"""Training resume reads `train_state.pt` with `torch.load(weights_only=True)`: the state a
 run saves loads back, and a crafted file, named by a run's `train_state_path` tag, runs no code."""
 
 from __future__ import annotations
