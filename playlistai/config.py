@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,10 +55,40 @@ class Settings(BaseSettings):
                                       "poller retries on its own, with back-off")
     ADMIN_TOKEN: SecretStr | None = Field(None, description="bearer token of /admin/reload; unset disables it")
     CACHE_TTL_S: int = Field(300, ge=1)
-    REDIS_TIMEOUT_MS: float = Field(5, gt=0, le=10_000, description="Redis socket timeout before falling back")
+    REDIS_TIMEOUT_MS: float = Field(50, gt=0, le=10_000, description="Redis socket timeout of one cache call "
+                                    "before the in-process cache stands in (a PING then decides whether Redis is down)")
     LOCAL_CACHE_MAX_ITEMS: int = Field(10_000, ge=1)
+    LOCAL_CACHE_MAX_BYTES: int = Field(32 * 2**20, ge=2**16, description="bytes the in-process cache of one worker "
+                                       "may hold (keys, responses and their overhead); the oldest go first")
     MAX_REQUEST_BYTES: int = Field(1_048_576, ge=1024)
     WEB_CONCURRENCY: int = Field(1, ge=1, le=64, description="gunicorn workers")
+
+    # serving: the edge (serving/edge.py: what gunicorn's uvicorn workers enforce before the app runs)
+    MAX_HEADER_BYTES: int = Field(16_384, ge=1024, le=1_048_576, description="request line and headers of one "
+                                  "request, in bytes; more is refused with 431")
+    MAX_HEADER_COUNT: int = Field(64, ge=8, le=1000, description="headers of one request; more is refused with 431")
+    HEADER_TIMEOUT_S: float = Field(5, gt=0, le=300, description="seconds a client has to send a request's line and "
+                                    "headers, from its first byte (or from the connection's start); then 408 and close")
+    BODY_TIMEOUT_S: float = Field(10, gt=0, le=600, description="seconds a client has to send a request's body once "
+                                  "its headers are in; then 408 and close")
+    KEEPALIVE_TIMEOUT_S: float = Field(5, gt=0, le=300, description="seconds an idle kept-alive connection stays open")
+    # serving: load shedding and deadlines (serving/admission.py), per worker
+    MAX_CONCURRENT_REQUESTS: int = Field(64, ge=1, le=10_000, description="requests one worker holds at once, "
+                                         "queued or running; more are refused at once with 503 and Retry-After")
+    QUEUE_TIMEOUT_MS: float = Field(250, gt=0, le=60_000, description="longest a request may wait in a worker's "
+                                    "queue before it is refused with 503, while the worker keeps up")
+    QUEUE_TARGET_MS: float = Field(50, gt=0, le=60_000, description="longest a request may wait in a worker's queue "
+                                   "while the worker is overloaded (its queue not empty for 100 ms on end)")
+    REQUEST_TIMEOUT_MS: float = Field(2000, gt=0, le=600_000, description="deadline of one request from its arrival: "
+                                      "a request not scored by then is answered 504 instead")
+    RETRY_AFTER_S: int = Field(1, ge=1, le=3600, description="Retry-After of the 503s of a full or draining worker")
+    # serving: start and stop
+    MODEL_STARTUP_WAIT_S: float = Field(10, ge=0, le=600, description="seconds the start waits for the first model "
+                                        "before the port opens (it then answers 503 on /continue and /readyz)")
+    SHUTDOWN_DRAIN_S: float = Field(2, ge=0, le=300, description="after SIGTERM: seconds a worker keeps accepting and "
+                                    "answering (with Connection: close) while /readyz says 503")
+    SHUTDOWN_GRACE_S: float = Field(15, gt=0, le=600, description="after the drain: seconds the accepted requests "
+                                    "have to finish before the worker exits anyway")
     TORCH_THREADS: int = Field(1, ge=0, le=256, description="inference threads per API worker; 0 = cores / workers")
 
     # monitoring: live traffic features for drift, the drift job, and where it reports
@@ -71,6 +101,14 @@ class Settings(BaseSettings):
     DRIFT_WINDOW: int = Field(1000, ge=1, description="latest requests the drift job compares with the training reference")
     DRIFT_MIN_SAMPLES: int = Field(200, ge=10, description="fewer current rows than this: not enough data, no test")
     DRIFT_P_VAL: float = Field(0.01, gt=0, lt=1, description="family-wise false-alarm rate of one drift run")
+
+    @field_validator("QUEUE_TARGET_MS")
+    @classmethod
+    def _queue_target_within_timeout(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("QUEUE_TIMEOUT_MS")
+        if timeout is not None and value > timeout:
+            raise ValueError(f"must not exceed QUEUE_TIMEOUT_MS ({timeout:g})")
+        return value
 
     @property
     def model_family(self) -> str:

@@ -1,11 +1,21 @@
 """The response cache: Redis first, an in-process TTL cache whenever Redis is down or slow.
 
-Redis calls run with a socket timeout of a few ms (REDIS_TIMEOUT_MS) and no retries, so a dead or
-stalled Redis costs a request at most that long, once: the first failure marks the cache
-disconnected, every later request goes to the in-process cache at once, and a background task pings
-Redis with exponential back-off until it answers again. While connected, a watcher pings Redis every
-HEALTH_CHECK_INTERVAL_S, so that a worker without traffic also knows (and `/healthz` says) when
-Redis is gone or too slow.
+Redis calls run with a socket timeout of REDIS_TIMEOUT_MS (50 ms) and no retries. The first failure
+of a call sends every later request to the in-process cache at once and starts one PING in a worker
+thread (with the same timeout) that decides: Redis answers, and the cache goes back to Redis at once,
+nothing logged (a call that missed its timeout on a busy CPU while Redis was fine: it used to mark
+Redis down, flap `/healthz` and log a warning, hundreds of times an hour); or it does not, and the
+cache is disconnected: `/healthz` says so, a warning is logged, and a background task pings Redis
+with exponential back-off until it answers again. While connected, a watcher pings Redis every
+HEALTH_CHECK_INTERVAL_S, so that a worker without traffic also knows when Redis is gone or too slow.
+
+The calls on the request path are synchronous, on the event loop, by decision: a GET or SET to a
+Redis nearby takes ~30 us, an asyncio client ~60-170 us (BENCHMARKS.md, README "Security"), and a
+call that stalls costs at most REDIS_TIMEOUT_MS once, after which Redis is skipped until a PING
+answers. The PINGs run in worker threads.
+
+The in-process cache is bounded by bytes (LOCAL_CACHE_MAX_BYTES: keys, responses and the overhead
+of each entry) as well as entries (LOCAL_CACHE_MAX_ITEMS): a response of k=500 weighs ~16 KB.
 
 Keys cover everything the response depends on (model version, the whole input history, context,
 k and flags), so a new model never serves a slate cached for the old one.
@@ -17,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections import OrderedDict
 
@@ -53,12 +64,22 @@ def continue_cache_key(
     return KEY_PREFIX + digest
 
 
-class InProcessTTLCache:
-    """A bounded LRU map whose entries expire after `ttl_s`. Used from the event loop thread only."""
+ENTRY_OVERHEAD_BYTES = 200     # the map's slot, the (expiry, value) tuple, the float: measured, rounded up
 
-    def __init__(self, ttl_s: float, max_items: int) -> None:
+
+def entry_bytes(key: str, value: bytes) -> int:
+    return sys.getsizeof(key) + sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
+
+
+class InProcessTTLCache:
+    """A map bounded by entries and by bytes, least recently used first out, whose entries expire
+    after `ttl_s`. Used from the event loop thread only."""
+
+    def __init__(self, ttl_s: float, max_items: int, max_bytes: int | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
@@ -67,22 +88,33 @@ class InProcessTTLCache:
             return None
         expires_at, value = entry
         if expires_at < time.monotonic():
-            del self._entries[key]
+            self._drop(key)
             return None
         self._entries.move_to_end(key)
         return value
 
     def set(self, key: str, value: bytes) -> None:
+        size = entry_bytes(key, value)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return                                   # larger than the whole cache: not kept
+        if key in self._entries:
+            self._drop(key)
         self._entries[key] = (time.monotonic() + self.ttl_s, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_items:
-            self._entries.popitem(last=False)
+        self.bytes += size
+        while len(self._entries) > self.max_items or (self.max_bytes is not None and self.bytes > self.max_bytes):
+            oldest, (_, old_value) = self._entries.popitem(last=False)
+            self.bytes -= entry_bytes(oldest, old_value)
+
+    def _drop(self, key: str) -> None:
+        _, value = self._entries.pop(key)
+        self.bytes -= entry_bytes(key, value)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
         self._entries.clear()
+        self.bytes = 0
 
 
 class ResponseCache:
@@ -92,15 +124,20 @@ class ResponseCache:
         ttl_s: float,
         timeout_ms: float,
         local_max_items: int,
+        local_max_bytes: int | None = None,
     ) -> None:
         self.ttl_s = ttl_s
-        self.local = InProcessTTLCache(ttl_s, local_max_items)
+        self.local = InProcessTTLCache(ttl_s, local_max_items, local_max_bytes)
         self.redis_url = redis_url
         self.connected = False
+        self.suspect = False        # a call failed: Redis is skipped until the confirming PING answers
+        self.false_alarms = 0       # failed calls after which Redis answered the PING at once
         self._reconnect_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
+        self._confirm_task: asyncio.Task | None = None
         self._closed = False
         self._redis: redis.Redis | None = None
+        self.timeout_ms = timeout_ms
         if redis_url:
             timeout_s = timeout_ms / 1000.0
             self._redis = redis.Redis.from_url(
@@ -118,7 +155,7 @@ class ResponseCache:
 
     @property
     def backend(self) -> str:
-        return "redis" if self.connected else "local"
+        return "redis" if self.connected and not self.suspect else "local"
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,7 +172,7 @@ class ResponseCache:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._reconnect_task, self._watch_task):
+        for task in (self._reconnect_task, self._watch_task, self._confirm_task):
             if task is not None:
                 task.cancel()
                 try:
@@ -147,29 +184,57 @@ class ResponseCache:
 
     # -- the request path ------------------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        if self.connected:
+        if self.connected and not self.suspect:
             try:
                 return self._redis.get(key)
             except redis.RedisError as exc:
-                self._on_redis_failure("get", exc)
+                self._on_call_failure("get", exc)
         return self.local.get(key)
 
     def set(self, key: str, value: bytes) -> None:
-        if self.connected:
+        if self.connected and not self.suspect:
             try:
                 self._redis.set(key, value, ex=max(1, int(self.ttl_s)))
                 return
             except redis.RedisError as exc:
-                self._on_redis_failure("set", exc)
+                self._on_call_failure("set", exc)
         self.local.set(key, value)
 
     # -- failure and recovery --------------------------------------------------------------------
-    def _on_redis_failure(self, operation: str, exc: Exception) -> None:
+    def _on_call_failure(self, operation: str, exc: Exception) -> None:
+        """A call on the request path failed: skip Redis until one PING says whether it is down."""
         CACHE_ERRORS_TOTAL.labels(operation=operation).inc()
+        if self.suspect or not self.connected:
+            return
+        self.suspect = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:       # outside the event loop (a test): decide at once
+            self._on_redis_failure(operation, exc)
+            return
+        self._confirm_task = loop.create_task(self._confirm(operation, exc))
+
+    async def _confirm(self, operation: str, exc: Exception) -> None:
+        answered = await asyncio.to_thread(self._ping)
+        self.suspect = False
+        if self._closed or not self.connected:
+            return
+        if answered:
+            self.false_alarms += 1
+            log.debug("Redis %s failed (%s: %s) but Redis answers: back to Redis", operation,
+                      type(exc).__name__, exc)
+        else:
+            self._on_redis_failure(operation, exc)
+
+    def _on_redis_failure(self, operation: str, exc: Exception) -> None:
+        """Redis is down or slower than REDIS_TIMEOUT_MS: in-process until a PING answers again."""
+        if operation == "ping":    # a failed call was counted when it failed
+            CACHE_ERRORS_TOTAL.labels(operation=operation).inc()
         if self.connected:
-            log.warning("Redis %s failed (%s: %s): caching in-process until Redis answers again",
-                        operation, type(exc).__name__, exc)
+            log.warning("Redis %s failed (%s: %s) and a PING got no answer within %g ms: caching in-process "
+                        "until Redis answers again", operation, type(exc).__name__, exc, self.timeout_ms)
         self.connected = False
+        self.suspect = False
         CACHE_CONNECTED.set(0)
         self._schedule_reconnect()
 
@@ -183,9 +248,12 @@ class ResponseCache:
         self._reconnect_task = loop.create_task(self._reconnect_until_connected())
 
     async def _watch_connection(self) -> None:
-        """While connected, ping every HEALTH_CHECK_INTERVAL_S; a missed answer marks the cache disconnected."""
+        """While connected, ping every HEALTH_CHECK_INTERVAL_S; two PINGs in a row without an answer
+        (the second at once) mark the cache disconnected."""
         while not self._closed:
             await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            if not self.connected or self.suspect or await asyncio.to_thread(self._ping):
+                continue
             if self.connected and not await asyncio.to_thread(self._ping) and self.connected:
                 self._on_redis_failure("ping", redis.ConnectionError("no answer to PING within REDIS_TIMEOUT_MS"))
 

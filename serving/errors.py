@@ -8,6 +8,7 @@ counted in `errors_total{kind="internal"}`, and answered with a JSON 500 that le
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +20,27 @@ from serving.metrics import ERRORS_TOTAL
 log = logging.getLogger(__name__)
 
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+# An absolute filesystem path (optionally as a file: or sqlite: URI) of two or more components: not
+# one that follows a word, a dot, a colon or a slash (a URL's path, `models:/name`, a relative path).
+_ABSOLUTE_PATH = re.compile(
+    r"(?:(?P<scheme>\b(?:file:(?://)?|sqlite:///))|(?<![\w.:/~-]))"
+    r"(?P<path>/(?:[^\s'\"(),;:<>/]+/)+[^\s'\"(),;:<>/]+/?)"
+)
+
+
+def public_text(text: str | None) -> str | None:
+    """`text` fit for a response body: absolute paths (the artifact store's, the run folder's) cut
+    to their last two components, `.../package/model.pt`. The logs keep the whole message."""
+    if not text:
+        return text
+
+    def shorten(match: re.Match) -> str:
+        path = match.group("path")
+        parts = [p for p in path.split("/") if p]
+        return (match.group("scheme") or "") + ".../" + "/".join(parts[-2:]) + ("/" if path.endswith("/") else "")
+
+    return _ABSOLUTE_PATH.sub(shorten, text)
 
 
 def error_response(status_code: int, detail: str, errors: list[dict] | None = None, headers=None) -> JSONResponse:
@@ -40,8 +62,12 @@ def _route_of(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
+MAX_ERRORS_LISTED = 20
+
+
 def describe_validation_errors(errors) -> tuple[int, str, list[dict]]:
-    """-> (status, one-line message, [{field, message}]) without echoing the (maybe huge) input."""
+    """-> (status, one-line message, [{field, message}]) without echoing the (maybe huge) input, and
+    with at most MAX_ERRORS_LISTED fields listed (the message counts the others)."""
     if any(e.get("type") == "json_invalid" for e in errors):
         e = next(e for e in errors if e.get("type") == "json_invalid")
         reason = (e.get("ctx") or {}).get("error", "JSON decode error")
@@ -49,7 +75,7 @@ def describe_validation_errors(errors) -> tuple[int, str, list[dict]]:
         message = f"malformed JSON body: {reason} at position {position}"
         return 400, message, [{"field": "body", "message": message}]
     described = []
-    for e in errors:
+    for e in errors[:MAX_ERRORS_LISTED]:
         field = _field_name(e.get("loc", ()))
         if e.get("type") == "missing" and field == "body":
             message = "a JSON object body is required"
@@ -61,8 +87,8 @@ def describe_validation_errors(errors) -> tuple[int, str, list[dict]]:
             message = e.get("msg", "invalid value")
         described.append({"field": field, "message": message})
     summary = "; ".join(f"{d['field']}: {d['message']}" for d in described[:5])
-    if len(described) > 5:
-        summary += f"; and {len(described) - 5} more"
+    if len(errors) > 5:
+        summary += f"; and {len(errors) - 5} more"
     return 422, summary, described
 
 

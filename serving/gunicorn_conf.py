@@ -4,6 +4,7 @@ workers through PROMETHEUS_MULTIPROC_DIR.
     PROMETHEUS_MULTIPROC_DIR=/tmp/playlistai-metrics gunicorn serving.main:app -c serving/gunicorn_conf.py
 """
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -14,10 +15,16 @@ _settings = get_settings()
 
 bind = os.environ.get("BIND", f"{_settings.API_HOST}:{_settings.API_PORT}")
 workers = _settings.WEB_CONCURRENCY
-worker_class = "uvicorn.workers.UvicornWorker"
+# uvicorn's worker with the edge's limits, timeouts and graceful SIGTERM (serving/edge.py). gunicorn's
+# limit_request_line / limit_request_fields / limit_request_field_size are not set here: they apply to
+# its sync workers' parser only, never to uvicorn workers.
+worker_class = "serving.edge.EdgeWorker"
 timeout = 60             # a model load runs in a thread, so the worker keeps answering heartbeats
-graceful_timeout = 20
-keepalive = 5
+# SIGTERM: each worker drains (SHUTDOWN_DRAIN_S), then its accepted requests have SHUTDOWN_GRACE_S;
+# the master kills a worker still running after graceful_timeout
+# (gunicorn takes whole seconds; the worker applies KEEPALIVE_TIMEOUT_S as given)
+graceful_timeout = math.ceil(_settings.SHUTDOWN_DRAIN_S + _settings.SHUTDOWN_GRACE_S + 5)
+keepalive = max(1, math.ceil(_settings.KEEPALIVE_TIMEOUT_S))
 accesslog = None         # request counts and latency are in /metrics
 loglevel = os.environ.get("LOG_LEVEL", "info")
 

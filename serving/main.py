@@ -4,9 +4,15 @@
     gunicorn serving.main:app -c serving/gunicorn_conf.py                   # production
 
 The lifespan bounds the calls to the tracking store (TRACKING_TIMEOUT_S, TRACKING_MAX_RETRIES),
-loads the model before the first request (a failure leaves the service up, reporting why on /healthz
-and /readyz and answering /continue with 503, while the poller retries with back-off), connects the
-cache, and starts the poller that hot-reloads the alias every MODEL_POLL_S.
+loads the model before the first request, for at most MODEL_STARTUP_WAIT_S (a failure or a slow
+store leaves the service up, reporting why on /healthz and /readyz and answering /continue with 503,
+while the poller retries with back-off), connects the cache, and starts the poller that hot-reloads
+the alias every MODEL_POLL_S.
+
+In front of the routes, from the outside in: request metrics, admission (load shedding, deadlines,
+`Connection: close` while draining: serving/admission.py), the body limits (bytes and JSON
+structure: serving/middleware.py). Under gunicorn the edge (serving/edge.py) enforces the header
+limits and read timeouts before any of this runs.
 """
 
 from __future__ import annotations
@@ -23,26 +29,29 @@ from fastapi import FastAPI
 import playlistai
 from playlistai.config import Settings, get_settings
 from serving import model_store, traffic
+from serving.admission import AdmissionMiddleware, ScoringQueue
 from serving.api.deps import Service
 from serving.api.routes import api_router
+from serving.api.routes.health import probe_answers
 from serving.cache import ResponseCache
 from serving.errors import install_error_handlers
+from serving.lifecycle import LIFECYCLE, freeze_heap
 from serving.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
 from serving.model_store import (
     AliasResolver,
     Loader,
     ModelSource,
     ModelStore,
+    configure_database_store,
     configure_inference_threads,
     configure_tracking_client,
     default_loader,
     display_uri,
     mlflow_alias_resolver,
 )
+from serving.schemas import MAX_JSON_TOKENS
 
 log = logging.getLogger("serving")
-
-STARTUP_MODEL_WAIT_S = 60
 
 
 def configure_logging() -> None:
@@ -74,6 +83,11 @@ def create_app(
             timeout_s, retries = configure_tracking_client(settings)
             log.info("calls to the tracking store %s: %g s timeout, %d retr%s", display_uri(settings.MLFLOW_TRACKING_URI),
                      timeout_s, retries, "y" if retries == 1 else "ies")
+        elif loader is None or alias_resolver is None:
+            tries = configure_database_store(settings)
+            if tries is not None:
+                log.info("the tracking store %s is a database: %d tr%s to connect per check",
+                         display_uri(settings.MLFLOW_TRACKING_URI), tries, "y" if tries == 1 else "ies")
         store = ModelStore(
             ModelSource.from_settings(settings),
             loader or default_loader(settings.MLFLOW_TRACKING_URI),
@@ -81,22 +95,25 @@ def create_app(
             model_alias_label=settings.MODEL_ALIAS,
             tracking_uri=settings.MLFLOW_TRACKING_URI,
         )
+        store.on_loaded = freeze_heap     # no-op unless the server asked for it (serving/edge.py)
         cache = ResponseCache(settings.REDIS_URL or None, settings.CACHE_TTL_S, settings.REDIS_TIMEOUT_MS,
-                              settings.LOCAL_CACHE_MAX_ITEMS)
-        app.state.service = Service(settings, store, cache)
+                              settings.LOCAL_CACHE_MAX_ITEMS, settings.LOCAL_CACHE_MAX_BYTES)
+        app.state.service = Service(settings, store, cache, app.state.scoring)
+        LIFECYCLE.probes = probe_answers(app.state.service)     # the edge answers the probes from these
         await cache.start()
         await traffic.start(settings)      # drift feature rows to Redis; the drift state for /metrics
         # the first model is awaited, so that the first request finds it; a tracking store that
-        # does not answer cannot hold the start back for longer than STARTUP_MODEL_WAIT_S
+        # does not answer cannot hold the start (and the port) back for longer than MODEL_STARTUP_WAIT_S
         first_check = asyncio.create_task(store.check(quiet=True), name="first-model-check")
         try:
-            result = await asyncio.wait_for(asyncio.shield(first_check), STARTUP_MODEL_WAIT_S)
+            result = await asyncio.wait_for(asyncio.shield(first_check), settings.MODEL_STARTUP_WAIT_S)
             if result.outcome == "failed":
                 first_retry_s = min(model_store.MISSING_MODEL_FIRST_RETRY_S, settings.MODEL_POLL_S)
                 log.error("starting without a model: %s; next try in %g s, then with back-off up to every %g s",
                           result.error, first_retry_s, settings.MODEL_POLL_S)
         except TimeoutError:
-            log.warning("no model after %d s: serving 503 until it is loaded", STARTUP_MODEL_WAIT_S)
+            log.warning("no model after %g s (%s): serving 503 until it is loaded", settings.MODEL_STARTUP_WAIT_S,
+                        store.reason_unavailable)
         poller = asyncio.create_task(store.poll_forever(settings.MODEL_POLL_S), name="model-poller")
         try:
             yield
@@ -107,6 +124,7 @@ def create_app(
                     await task
             await traffic.stop()
             await cache.close()
+            LIFECYCLE.probes = {}
 
     app = FastAPI(
         title="PlayListAI",
@@ -116,10 +134,15 @@ def create_app(
         # metrics go to Prometheus (serving/metrics.py); FastAPI's own OpenTelemetry spans, with no
         # exporter configured, would only add work to every request
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        # `/continue/` is a 404, not a redirect to whatever the request's Host header named
+        redirect_slashes=False,
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
-    app.add_middleware(RequestMetricsMiddleware)     # outermost: counts the 413s too
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES, max_json_tokens=MAX_JSON_TOKENS)
+    options = AdmissionMiddleware.options(settings)
+    app.state.scoring = ScoringQueue(options["queue_timeout_s"], options["queue_target_s"])
+    app.add_middleware(AdmissionMiddleware, queue=app.state.scoring, **options)
+    app.add_middleware(RequestMetricsMiddleware)     # outermost: counts the 413s and the 503s too
     app.include_router(api_router)
     return app
 

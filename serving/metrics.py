@@ -45,6 +45,14 @@ ERRORS_TOTAL = Counter(
     "errors", "Requests that ended in an error, and failures off the request path, by route and kind",
     ["route", "kind"],
 )
+REQUESTS_SHED_TOTAL = Counter(
+    "requests_shed", "Requests refused with 503 before any work because the worker was full (serving/admission.py), "
+    "by reason: queue (waited too long) or concurrency (too many held)", ["reason"],
+)
+EDGE_REFUSALS_TOTAL = Counter(
+    "edge_refusals", "Connections the edge answered or closed before the app (serving/edge.py), by kind: "
+    "header_too_large, too_many_headers, malformed, head_timeout, body_timeout, idle_timeout", ["kind"],
+)
 
 # -- recommendations ------------------------------------------------------------------------------
 MODEL_FORWARD_MS = Histogram(

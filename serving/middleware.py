@@ -42,13 +42,26 @@ class RequestMetricsMiddleware:
             REQUEST_DURATION_MS.labels(route_label, status_label).observe((time.perf_counter() - started) * 1000.0)
 
 
+# the bytes that separate or open JSON values: a body's count of them bounds the Python objects
+# json.loads builds for it (one per array, object, key and element)
+JSON_STRUCTURAL_BYTES = (b"[", b"{", b",", b":")
+
+
 class BodySizeLimitMiddleware:
     """Refuses request bodies over `max_bytes` with a JSON 413: at once when Content-Length says so,
-    or as soon as a streamed (chunked) body passes the limit."""
+    or as soon as a streamed (chunked) body passes the limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    It also counts, chunk by chunk, the bytes that open or separate JSON values (`[ { , :`), and
+    refuses with 413 a body with more than `max_json_tokens` of them: the body `{"pad":[[],[],...]}`
+    of 1 MB holds ~350,000 arrays, and parsing it into Python objects would cost tens of ms to
+    seconds (the garbage collector walks the heap while they are allocated). The count is done before
+    any parsing (`bytes.count`, well under a ms per MB); the limit is set so that no valid request is
+    refused, brackets and commas inside its strings included (serving/schemas.py: MAX_JSON_TOKENS)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_tokens: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_tokens = max_json_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,15 +77,23 @@ class BodySizeLimitMiddleware:
                     await self._refuse(scope, send)
                     return
                 break
-        received = 0
+        received = tokens = 0
+        max_tokens = self.max_json_tokens
 
         async def receive_within_limit() -> Message:
-            nonlocal received
+            nonlocal received, tokens
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_bytes:
                     raise HTTPException(status_code=413, detail=self.detail)
+                if max_tokens is not None and chunk:
+                    tokens += sum(chunk.count(b) for b in JSON_STRUCTURAL_BYTES)
+                    if tokens > max_tokens:
+                        raise HTTPException(status_code=413, detail=(
+                            f"request body too complex: over {max_tokens:,} JSON arrays, objects, keys and elements "
+                            f"(a valid request has far fewer)"))
             return message
 
         await self.app(scope, receive_within_limit, send)
@@ -84,7 +105,7 @@ class BodySizeLimitMiddleware:
     async def _refuse(self, scope: Scope, send: Send) -> None:
         """413 before routing: the route is looked up here, so that the refusal is counted in
         errors_total and requests_total under its route like the 4xx the handlers answer."""
-        path = _documented_route(scope)
+        path = documented_route(scope)
         if path is not None:
             scope["route"] = RouteLabel(path)
         ERRORS_TOTAL.labels(route=path or UNMATCHED_ROUTE, kind="http_413").inc()
@@ -102,7 +123,7 @@ class RouteLabel:
         self.path = path
 
 
-def _documented_route(scope: Scope) -> str | None:
+def documented_route(scope: Scope) -> str | None:
     """The path of the OpenAPI operation the request is for (exact path and method), or None.
 
     The application's own OpenAPI document is the public list of its routes (built once, then cached)."""

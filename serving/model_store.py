@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from playlistai.model_ref import ModelRef
+from serving.lifecycle import LIFECYCLE
 from serving.metrics import (
     ERRORS_TOTAL,
     MODEL_LOAD_SECONDS,
@@ -121,6 +122,25 @@ def configure_tracking_client(settings) -> tuple[float, int]:
     return float(timeout), int(retries)
 
 
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql", "sqlite")
+
+
+def configure_database_store(settings) -> int | None:
+    """A tracking URI that is a database (`postgresql://...`): MLflow creates its engine with 10 tries
+    and back-off (0.1 s doubling: about 100 s when the database is down), which held the start of the
+    API and each poll for that long. In this process it gets 1 + TRACKING_MAX_RETRIES tries; the
+    model poller retries by itself, with back-off. Returns the tries, or None for another URI."""
+    scheme = settings.MLFLOW_TRACKING_URI.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in DATABASE_SCHEMES:
+        return None
+    try:
+        from mlflow.store.db import utils as db_utils
+    except ImportError:
+        return None
+    db_utils.MAX_RETRY_COUNT = 1 + settings.TRACKING_MAX_RETRIES
+    return db_utils.MAX_RETRY_COUNT
+
+
 def display_uri(uri: str | None) -> str:
     """A tracking URI fit for a log or /healthz: no user name or password."""
     if not uri:
@@ -146,15 +166,40 @@ def _network_error_types() -> tuple[tuple[type[BaseException], ...], tuple[type[
     return (RequestsConnectionError, RequestsTimeout, ConnectionError, TimeoutError), (RequestsTimeout, TimeoutError)
 
 
+_DATABASE_ERROR_MODULES = ("sqlalchemy", "psycopg", "psycopg2", "pymysql", "sqlite3")
+_DATABASE_REASONS = (
+    ("connection refused", "connection refused"), ("timeout expired", "timed out"), ("timed out", "timed out"),
+    ("could not translate host name", "unknown host"), ("name or service not known", "unknown host"),
+    ("password authentication failed", "authentication failed"), ("no such host", "unknown host"),
+)
+
+
+def _database_reason(exc: BaseException) -> str | None:
+    """Why a database store could not be used (SQLAlchemy's, the driver's or sqlite3's
+    OperationalError: the server is down, the host unknown, the file cannot be opened), or None."""
+    kind = type(exc)
+    if kind.__name__ not in ("OperationalError", "InterfaceError") or \
+            kind.__module__.split(".", 1)[0] not in _DATABASE_ERROR_MODULES:
+        return None
+    text = str(exc).lower()
+    for phrase, reason in _DATABASE_REASONS:
+        if phrase in text:
+            return reason
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else kind.__name__
+    return first.removeprefix("(psycopg.OperationalError) ").removeprefix("(sqlite3.OperationalError) ")[:200]
+
+
 def unreachable_reason(exc: BaseException) -> str | None:
     """Why the tracking store could not be reached ("connection refused", "timed out", ...), or None
-    when `exc` is some other failure. MLflow wraps the network error of `requests` in an
-    MlflowException; the original is found in the exception's chain."""
+    when `exc` is some other failure. MLflow wraps the network error of `requests` (or the database
+    driver's error) in an MlflowException; the original is found in the exception's chain."""
     network, timeouts = _network_error_types()
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if (database := _database_reason(current)) is not None:
+            return database
         if isinstance(current, network):
             text = str(current)
             if match := _ERRNO_TEXT.search(text):
@@ -250,13 +295,23 @@ class ModelStore:
         self.last_error: str | None = None
         self._failed_load: _FailedLoad | None = None
         self._lock = asyncio.Lock()
+        self._checking_since: float | None = None     # time.monotonic() of the check in progress
+        self.on_loaded: Callable[[ServedModel], None] | None = None    # called after each swap
         MODEL_LOADED.set(0)
 
     @property
     def reason_unavailable(self) -> str | None:
         if self.current is not None:
             return None
-        return self.last_error or f"no model loaded yet from {self.source.uri}"
+        if self.last_error:
+            return self.last_error
+        reason = f"no model loaded yet from {self.source.uri}"
+        if self._checking_since is not None:
+            ref = self.source.ref
+            store = (f" through the tracking store at {display_uri(self.tracking_uri)}"
+                     if ref is not None and ref.local_dir is None and self.tracking_uri else "")
+            reason += f": resolving and loading it{store}, for {time.monotonic() - self._checking_since:.0f} s so far"
+        return reason
 
     def _target(self) -> tuple[str | None, str]:
         """-> (version, URI to load). Runs in a worker thread: it may call the tracking store."""
@@ -287,60 +342,76 @@ class ModelStore:
         poller does; other failures are logged here)."""
         quiet = polled if quiet is None else quiet
         async with self._lock:
-            previous = self.current
-            previous_version = previous.version if previous else None
+            self._checking_since = time.monotonic()
             try:
-                version, load_uri = await asyncio.to_thread(self._target)
-            except Exception as exc:  # the tracking store is down, the alias is gone, ...
-                why = unreachable_reason(exc)
-                message = (self._unreachable(why, f"resolve {self.source.uri}") if why is not None
-                           else f"cannot resolve {self.source.uri}: {type(exc).__name__}: {exc}")
-                return self._failed(message, previous_version, kind="model_resolve", quiet=quiet)
+                return await self._check_locked(polled, quiet)
+            finally:
+                self._checking_since = None
 
-            if previous is not None and version is not None and version == previous.version:
-                self.last_error = None
-                self._failed_load = None
-                MODEL_RELOADS_TOTAL.labels(outcome="unchanged").inc()
-                return CheckResult("unchanged", version, previous_version)
+    async def _check_locked(self, polled: bool, quiet: bool) -> CheckResult:
+        previous = self.current
+        previous_version = previous.version if previous else None
+        try:
+            version, load_uri = await asyncio.to_thread(self._target)
+        except Exception as exc:  # the tracking store is down, the alias is gone, ...
+            why = unreachable_reason(exc)
+            message = (self._unreachable(why, f"resolve {self.source.uri}") if why is not None
+                       else f"cannot resolve {self.source.uri}: {type(exc).__name__}: {exc}")
+            return self._failed(message, previous_version, kind="model_resolve", quiet=quiet)
 
-            failed = self._failed_load
-            if polled and failed is not None and failed.load_uri == load_uri and time.monotonic() < failed.retry_at:
-                # the alias still names the version that could not be loaded: report it again, without
-                # downloading it again (and without counting it again in errors_total)
-                self.last_error = failed.message
-                MODEL_RELOADS_TOTAL.labels(outcome="failed").inc()
-                return CheckResult("failed", previous_version, previous_version, failed.message)
-
-            label = f"version {version}" if version else load_uri
-            started = time.perf_counter()
-            try:
-                recommender = await asyncio.to_thread(self._load_and_warm, load_uri)
-            except Exception as exc:  # missing artifact, corrupt weights, vocabulary mismatch, store down, ...
-                why = unreachable_reason(exc)
-                if why is not None:   # the version may be fine: the next check tries it again
-                    message = self._unreachable(why, f"load {label}")
-                else:
-                    message = f"loading {label} failed: {type(exc).__name__}: {exc}"
-                    self._failed_load = _FailedLoad(load_uri, message, time.monotonic() + FAILED_VERSION_RETRY_S)
-                    if not _is_package_error(exc):   # not a known package problem: keep the trace
-                        log.error("loading %s raised", label, exc_info=exc)
-                return self._failed(message, previous_version, kind="model_load", quiet=quiet)
-
-            load_s = time.perf_counter() - started
-            self.current = ServedModel(
-                recommender=recommender,
-                version=version or getattr(recommender, "model_version", None),
-                cache_namespace=_namespace_of(self.source, version, load_uri),
-            )
+        if previous is not None and version is not None and version == previous.version:
             self.last_error = None
             self._failed_load = None
-            MODEL_RELOADS_TOTAL.labels(outcome="loaded").inc()
-            MODEL_LOAD_SECONDS.observe(load_s)
-            MODEL_LOADED.set(1)
-            set_model_info(self.current.version, self.alias_label, previous_version)
-            log.info("serving %s (version %s, loaded in %.1f s; was %s)", load_uri, self.current.version,
-                     load_s, previous_version)
-            return CheckResult("loaded", self.current.version, previous_version)
+            MODEL_RELOADS_TOTAL.labels(outcome="unchanged").inc()
+            return CheckResult("unchanged", version, previous_version)
+
+        failed = self._failed_load
+        if polled and failed is not None and failed.load_uri == load_uri and time.monotonic() < failed.retry_at:
+            # the alias still names the version that could not be loaded: report it again, without
+            # downloading it again (and without counting it again in errors_total)
+            self.last_error = failed.message
+            MODEL_RELOADS_TOTAL.labels(outcome="failed").inc()
+            return CheckResult("failed", previous_version, previous_version, failed.message)
+
+        label = f"version {version}" if version else load_uri
+        started = time.perf_counter()
+        LIFECYCLE.model_loading = True       # the load competes for the CPU: not overload (serving/admission.py)
+        try:
+            recommender = await asyncio.to_thread(self._load_and_warm, load_uri)
+        except Exception as exc:  # missing artifact, corrupt weights, vocabulary mismatch, store down, ...
+            why = unreachable_reason(exc)
+            if why is not None:   # the version may be fine: the next check tries it again
+                message = self._unreachable(why, f"load {label}")
+            else:
+                message = f"loading {label} failed: {type(exc).__name__}: {exc}"
+                self._failed_load = _FailedLoad(load_uri, message, time.monotonic() + FAILED_VERSION_RETRY_S)
+                if not _is_package_error(exc):   # not a known package problem: keep the trace
+                    log.error("loading %s raised", label, exc_info=exc)
+            return self._failed(message, previous_version, kind="model_load", quiet=quiet)
+        finally:
+            LIFECYCLE.model_loading = False
+            LIFECYCLE.model_loaded_at = time.monotonic()
+
+        load_s = time.perf_counter() - started
+        self.current = ServedModel(
+            recommender=recommender,
+            version=version or getattr(recommender, "model_version", None),
+            cache_namespace=_namespace_of(self.source, version, load_uri),
+        )
+        self.last_error = None
+        self._failed_load = None
+        MODEL_RELOADS_TOTAL.labels(outcome="loaded").inc()
+        MODEL_LOAD_SECONDS.observe(load_s)
+        MODEL_LOADED.set(1)
+        set_model_info(self.current.version, self.alias_label, previous_version)
+        log.info("serving %s (version %s, loaded in %.1f s; was %s)", load_uri, self.current.version,
+                 load_s, previous_version)
+        if self.on_loaded is not None:
+            try:
+                self.on_loaded(self.current)
+            except Exception:
+                log.exception("the hook after loading %s failed", label)
+        return CheckResult("loaded", self.current.version, previous_version)
 
     def _failed(self, message: str, previous_version: str | None, kind: str, quiet: bool = False) -> CheckResult:
         self.last_error = message

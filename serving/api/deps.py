@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from playlistai.config import Settings
+from serving.admission import ScoringQueue
 from serving.cache import ResponseCache
 from serving.model_store import ModelStore
 
@@ -21,6 +22,7 @@ class Service:
     settings: Settings
     models: ModelStore
     cache: ResponseCache
+    scoring: ScoringQueue | None = None      # the worker's queue of requests waiting to score
 
 
 async def get_service(request: Request) -> Service:

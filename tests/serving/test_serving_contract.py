@@ -203,8 +203,9 @@ def test_healthz_reports_model_and_cache(api):
     assert body == {
         "status": "ok", "version": body["version"], "model_loaded": True, "cache_connected": False,
         "model_version": "1", "model_alias": "production", "model_uri": "models:/serving-tiny@production",
-        "reason": None,
+        "reason": None, "worker": body["worker"],
     }
+    assert isinstance(body["worker"], str) and body["worker"] and api.get("/healthz").json()["worker"] == body["worker"]
     assert api.get("/readyz").status_code == 200
 
 

@@ -70,6 +70,11 @@ def test_gunicorn_serves_with_two_workers_and_sums_their_metrics(tiny_registry, 
         hits = counter_value(metrics, 'cache_hits_total{backend="local"}')
         assert misses >= 24 and misses + hits == REQUESTS
         assert len(list((tmp_path / "metrics").glob("counter_*.db"))) >= 2   # both workers wrote
+
+        # the edge's limits are the ones in effect under gunicorn (its own limit_request_* are not)
+        big = httpx.get(f"{base}/healthz", headers={"x-pad": "a" * 20_000}, timeout=5)
+        assert big.status_code == 431 and "request headers too large" in big.json()["detail"]
+        assert httpx.get(f"{base}/healthz", headers={"x-pad": "a" * 8_000}, timeout=5).status_code == 200
     finally:
         server.send_signal(15)
         try:
@@ -77,3 +82,62 @@ def test_gunicorn_serves_with_two_workers_and_sums_their_metrics(tiny_registry, 
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def start_gunicorn(app: str, port: int, tmp_path, **env) -> subprocess.Popen:
+    gunicorn = REPO / ".venv" / "bin" / "gunicorn"
+    log = (tmp_path / "gunicorn.log").open("w")
+    return subprocess.Popen(
+        [str(gunicorn), app, "-c", "serving/gunicorn_conf.py"], cwd=REPO,
+        env={**os.environ, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2", "PYTHONPATH": str(REPO), **env},
+        stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_listening(port: int, server: subprocess.Popen, tmp_path, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (tmp_path / "gunicorn.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError((tmp_path / "gunicorn.log").read_text()[-3000:])
+
+
+def test_sigterm_to_the_master_lets_the_accepted_requests_finish(tmp_path):
+    """gunicorn with the edge's worker: SIGTERM to the master while slow requests run; each is
+    answered, the workers log their drain, and the master exits 0 within the drain and grace periods."""
+    import threading
+
+    port = free_port()
+    server = start_gunicorn("tests.serving.edge_helpers:echo_app", port, tmp_path, SHUTDOWN_DRAIN_S="1",
+                            SHUTDOWN_GRACE_S="10")
+    try:
+        wait_listening(port, server, tmp_path)
+        answers: list[int] = []
+
+        def slow() -> None:
+            try:
+                answers.append(httpx.get(f"http://127.0.0.1:{port}/slow", headers={"x-sleep": "2"}, timeout=20)
+                               .status_code)
+            except httpx.HTTPError as exc:
+                answers.append(repr(exc))
+
+        threads = [threading.Thread(target=slow) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        server.send_signal(15)
+        for thread in threads:
+            thread.join(20)
+        assert answers == [200] * 6, answers
+        assert server.wait(timeout=20) == 0
+        assert time.monotonic() - signalled < 1 + 10 + 5
+        log = (tmp_path / "gunicorn.log").read_text()
+        assert log.count("SIGTERM: /readyz answers 503") == 2, log[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()

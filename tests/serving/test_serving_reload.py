@@ -153,10 +153,7 @@ def test_moving_the_registry_alias_under_load_fails_no_request(registry_settings
     assert set(versions[:first_new]) == {"1"} and set(versions[first_new:]) == {"2"}
 
 
-def test_a_slow_first_load_does_not_hold_the_start_back(make_client, fake_registry, monkeypatch):
-    import serving.main
-
-    monkeypatch.setattr(serving.main, "STARTUP_MODEL_WAIT_S", 0.1)
+def test_a_slow_first_load_does_not_hold_the_start_back(make_client, fake_registry):
     load = fake_registry.load
 
     def slow_load(uri):
@@ -164,7 +161,7 @@ def test_a_slow_first_load_does_not_hold_the_start_back(make_client, fake_regist
         return load(uri)
 
     fake_registry.load = slow_load
-    client = make_client()
+    client = make_client(MODEL_STARTUP_WAIT_S=0.1)
     health = client.get("/healthz").json()
     assert health["model_loaded"] is False and "no model loaded yet" in health["reason"]
     assert client.post("/continue", json={"tracks": ["t1"]}).status_code == 503

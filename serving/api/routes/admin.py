@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from serving.api.deps import ServiceDep
-from serving.errors import error_response
+from serving.errors import error_response, public_text
 from serving.metrics import ERRORS_TOTAL
 from serving.schemas import ErrorResponse, ReloadResponse
 
@@ -45,4 +45,6 @@ async def reload_model(service: ServiceDep, authorization: Annotated[str | None,
     if not hmac.compare_digest(provided.encode(), expected.encode()):
         ERRORS_TOTAL.labels(route=RELOAD_ROUTE, kind="http_403").inc()
         return error_response(403, "invalid admin token")
-    return (await service.models.check()).as_dict()
+    result = (await service.models.check()).as_dict()
+    result["error"] = public_text(result["error"])
+    return result
