@@ -44,7 +44,7 @@ from reliability.load import request_bodies  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 WRK_SCRIPT = REPO / "bench" / "wrk_continue.lua"
-TARGETS = {  # issue "Serving": default catalog, one process, this 2-core machine
+TARGETS = {  # serving targets: default catalog, one process, this 2-core machine
     "exact_1_p50_ms": 5.0, "exact_1_p99_ms": 15.0, "exact_8_rps": 300.0, "exact_8_p99_ms": 120.0,
     "cached_8_rps": 2000.0, "ann_speedup": 3.0, "ann_overlap": 0.95,
 }

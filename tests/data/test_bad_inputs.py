@@ -71,7 +71,7 @@ def text(s: str) -> Callable[[], bytes]:
 
 
 CORPUS = [
-    # -- one unit per column: the case, 1 millisecond time among 399 second times
+    # -- one unit per column: 1 millisecond time among 399 second times
     Case("ms-among-seconds.csv", text(HEADER + good_rows(200) + f"u1,t1,{T0 * 1000 + 123}\n" + good_rows(199, 200)),
          "line 202", r"time '1700000000123' in column 'ts' is epoch milliseconds, but 399 of the column's 400 "
                      r"times are epoch seconds \(such as '1700000000' on line 2\); one unit per column"),
