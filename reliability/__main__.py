@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         "python -m reliability " + " ".join(a for a in (argv or sys.argv[1:]))
     report = markdown_report(results, profile, command.strip())
     if args.report:
-        write_report(Path(args.report), report)
+        # a run of some scenarios adds (or replaces) its own section; a whole run replaces them all
+        write_report(Path(args.report), report, replace_all=not args.only)
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in results], indent=2, default=str))
     print(report)

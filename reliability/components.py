@@ -254,8 +254,23 @@ class ApiServer:
                          timeout_s)
 
     def healthz_all_workers(self, tries: int | None = None) -> list[dict]:
-        """/healthz as several workers see it: each new connection may land on another worker."""
-        return [self.get("/healthz")[1] for _ in range(tries or 3 * self.workers)]
+        """/healthz as each worker sees it, one body per worker (`worker` names it): new connections
+        until every worker answered once, at most `tries` (20 per worker). A worker that did not answer
+        any is a body of Nones, which no check takes for a good state."""
+        seen: dict[str, dict] = {}
+        for _ in range(tries or 20 * self.workers):
+            body = self.get("/healthz")[1]
+            if not isinstance(body, dict):
+                continue
+            seen[str(body.get("worker"))] = body
+            if len(seen) >= self.workers:
+                break
+        views = list(seen.values())
+        if len(views) < self.workers:
+            blank = dict.fromkeys(views[0] if views else ("status", "model_loaded", "cache_connected",
+                                                           "model_version", "reason", "worker"))
+            views += [blank] * (self.workers - len(views))
+        return views
 
     def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, summed over workers by the multiprocess collector: name{labels} -> value."""

@@ -2,7 +2,7 @@
 
 A scenario is a function `run(ws: Workspace) -> ScenarioResult` in `reliability/scenarios/`. It
 starts the real components it needs (reliability/components.py), drives them, and records:
-- checks: each a property the issue asks for, with the measured value that decided it;
+- checks: each a property the service must hold, with the measured value that decided it;
 - figures: the numbers worth a row in RELIABILITY.md (latencies, counts, seconds).
 
 A scenario passes when every check holds. An exception inside a scenario is a failure with its
@@ -171,10 +171,35 @@ def markdown_report(results: list[ScenarioResult], profile: Profile, command: st
     ])
 
 
-def write_report(path: Path, report: str, marker: str = "<!-- results -->") -> None:
-    """Replace everything after `marker` in `path` (the hand-written introduction above it stays)."""
+RUN_HEADER = "## `"
+
+
+def write_report(path: Path, report: str, marker: str = "<!-- results -->", replace_all: bool = True) -> None:
+    """Replace everything after `marker` in `path` (the hand-written introduction above it stays).
+
+    `replace_all=False` (a run of some scenarios only): replace only the section of an earlier run
+    of the same command, or add one after the others; the sections of other runs stay as they were."""
     text = path.read_text() if path.exists() else f"# Reliability\n\n{marker}\n"
-    head = text.split(marker, 1)[0] if marker in text else text.rstrip() + "\n\n"
+    head, _, results = text.partition(marker) if marker in text else (text.rstrip() + "\n\n", "", "")
+    sections = [] if replace_all else _run_sections(results)
+    header = report.strip().splitlines()[0] if report.strip() else ""
+    key = _section_key(header)
+    kept = [section for section in sections if _section_key(section.splitlines()[0]) != key]
+    body = "\n\n".join([*(section.rstrip() for section in kept), report.rstrip()])
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(head + marker + "\n\n" + report.rstrip() + "\n")
+    tmp.write_text(head + marker + "\n\n" + body + "\n")
     tmp.replace(path)
+
+
+def _run_sections(results: str) -> list[str]:
+    sections: list[list[str]] = []
+    for line in results.strip().splitlines():
+        if line.startswith(RUN_HEADER) or not sections:
+            sections.append([])
+        sections[-1].append(line)
+    return ["\n".join(lines) for lines in sections if lines and lines[0].startswith(RUN_HEADER)]
+
+
+def _section_key(header: str) -> str:
+    """A run's header without its date: `## `command` (profile)`."""
+    return header.rsplit(",", 1)[0] if header.startswith(RUN_HEADER) else header

@@ -13,6 +13,10 @@ MODULES = [
     "bad_input",              # 6
     "pipeline_faults",        # 7
     "promotion_concurrency",  # 8
+    "overload",               # 9
+    "slow_clients",           # 10
+    "heavy_bodies",           # 11
+    "sigterm_under_load",     # 12
 ]
 
 

@@ -11,6 +11,9 @@ store (the versions' artifacts are local folders, read in place). What must hold
   fails, `/readyz` stays 200, `/healthz` is `degraded` with a reason naming the tracking store, and
   the failed polls are counted in `errors_total{kind="model_resolve"}`; once the server is back,
   health is `ok` again within a few poll intervals.
+- (c) with a PostgreSQL tracking store that refuses connections at start (MLflow alone would retry a
+  database for ~100 s), the API's port opens within MODEL_STARTUP_WAIT_S plus gunicorn's own start,
+  and `/healthz` on every worker says `unavailable`, naming the store (without its password) and why.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import re
 import time
 from collections import defaultdict
 
-from reliability.components import port_open, wait_until
+from reliability.components import free_port, port_open, wait_until
 from reliability.core import ScenarioResult, run_scenario
 from reliability.load import LoadGenerator, RequestMix, failed, first_error
 
@@ -30,6 +33,8 @@ RETRIES_SEEN = 4              # tries logged per worker before the server is sta
 READY_MARGIN_S = 5.0          # the server's first answers and the health checks themselves
 RECOVER_POLLS = 3
 RESOLVE_ERRORS = 'kind="model_resolve"'
+STARTUP_WAIT_S = 10          # MODEL_STARTUP_WAIT_S, the production default
+BOOT_MARGIN_S = 20           # gunicorn, the imports and the workers' start on a busy machine
 RETRY_LINE = re.compile(r"\[(\d+)\] \w+ serving[\w.]*: .*next try in ([\d.]+) s")
 
 
@@ -46,6 +51,7 @@ def _run(ws, result: ScenarioResult) -> None:
         _down_while_serving(ws, result, server, first)
     finally:
         server.stop()
+    _database_down_at_start(ws, result)
 
 
 def retry_delays(log_text: str) -> dict[str, list[float]]:
@@ -195,3 +201,34 @@ def _down_while_serving(ws, result: ScenarioResult, server, version: str) -> Non
     result.figure("failed requests", len(failed(records)))
     result.figure("poll failures counted", int(poll_failures))
     result.figure("s to recover", round(recover_s, 1) if recover_s is not None else "-")
+
+
+def _database_down_at_start(ws, result: ScenarioResult) -> None:
+    port = free_port()                               # nothing listens there: every connection is refused
+    store = f"postgresql://127.0.0.1:{port}/mlflow"
+    started = time.monotonic()
+    api = ws.api("database-down-at-start", {"MLFLOW_TRACKING_URI": f"postgresql://playlistai:secret@127.0.0.1:{port}/mlflow",
+                                            "MODEL_STARTUP_WAIT_S": f"{STARTUP_WAIT_S:g}"}, wait_ready_s=None)
+    seen: dict = {}
+
+    def every_worker_answers() -> bool:      # gunicorn binds the port at once: the workers' answers count
+        seen["health"] = api.healthz_all_workers()
+        return all(h.get("status") is not None for h in seen["health"])
+
+    try:
+        wait_until(every_worker_answers, START_TIMEOUT_S, interval_s=0.2, what="every worker answers")
+        open_s = time.monotonic() - started
+    except TimeoutError:
+        open_s = float("inf")
+    finally:
+        api.stop()
+    health = seen.get("health", [])
+    reasons = sorted({str(h["reason"]) for h in health})
+    bound_s = STARTUP_WAIT_S + BOOT_MARGIN_S
+    result.check(f"(c) PostgreSQL down at start: every worker answers within {STARTUP_WAIT_S} + {BOOT_MARGIN_S} s",
+                 open_s <= bound_s, f"{open_s:.1f} s")
+    result.check("(c) /healthz unavailable on every worker, naming the store and why, without its password",
+                 len(health) == api.workers and all(h["status"] == "unavailable" and f"tracking store at {store}" in
+                                                    str(h["reason"]) for h in health)
+                 and not any("secret" in r for r in reasons), "; ".join(reasons)[:300])
+    result.figure("s to answers with PostgreSQL down", round(open_s, 1))
