@@ -46,6 +46,7 @@ CLOSE = (b"connection", b"close")
 
 LAG_PERIOD_S = 0.005          # the loop-lag timer's period
 OVERLOAD_WINDOW_S = 0.1       # no prompt timer for this long: the worker is overloaded
+RELOAD_GRACE_S = 1.0          # after a model load: the backlog it left drains before overload is judged
 
 
 class LoopLagMonitor:
@@ -109,14 +110,13 @@ class ScoringQueue:
 
     def overloaded(self, now: float | None = None) -> bool:
         """The queue has not been empty for OVERLOAD_WINDOW_S: requests arrive faster than they are
-        scored. Not while a model loads, nor in the window after (a hot reload competes for the CPU
-        for about a second: the backlog it leaves is the worker's own doing, absorbed at the
-        QUEUE_TIMEOUT_MS, not a reason to refuse at the QUEUE_TARGET_MS)."""
-        if LIFECYCLE.model_loading:
-            return False
+        scored. Not while a model loads, nor for RELOAD_GRACE_S after (a hot reload competes for the
+        CPU for about a second, on every worker at once: the backlog it leaves is the worker's own
+        doing, absorbed at the QUEUE_TIMEOUT_MS, not a reason to refuse at the QUEUE_TARGET_MS)."""
         now = time.monotonic() if now is None else now
-        since = max(self.last_empty, LIFECYCLE.model_loaded_at)
-        return bool(self._busy or self._waiters) and now - since > OVERLOAD_WINDOW_S
+        if LIFECYCLE.model_loading or now - LIFECYCLE.model_loaded_at < RELOAD_GRACE_S:
+            return False
+        return bool(self._busy or self._waiters) and now - self.last_empty > OVERLOAD_WINDOW_S
 
     def turn(self, received: float) -> _Turn:
         """`async with queue.turn(received) as refusal`: None when the request may score now (until the
@@ -125,6 +125,8 @@ class ScoringQueue:
 
     async def _acquire(self, received: float) -> str | None:
         future = asyncio.get_running_loop().create_future()
+        if not self._busy and not self._waiters:
+            self.last_empty = time.monotonic()     # empty until now: a standing queue starts here, not at the last one's end
         self._waiters.append(future)
         if not self._busy:
             self._next()

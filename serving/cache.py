@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "playlistai:continue:v1:"
 RECONNECT_FIRST_DELAY_S = 0.1
+STARTUP_PINGS = 3                # PINGs at start before Redis is taken for down
 RECONNECT_MAX_DELAY_S = 5.0
 HEALTH_CHECK_INTERVAL_S = 1.0
 
@@ -163,8 +164,14 @@ class ResponseCache:
         if self._redis is None:
             log.info("REDIS_URL is empty: responses are cached in-process only")
             return
-        if await asyncio.to_thread(self._ping):
-            self._mark_connected()
+        # a worker starts while the others load their models: one PING that misses REDIS_TIMEOUT_MS on
+        # the busy CPU is not Redis down, so the start gives it a few tries before it says so
+        for attempt in range(STARTUP_PINGS):
+            if await asyncio.to_thread(self._ping):
+                self._mark_connected()
+                break
+            if attempt + 1 < STARTUP_PINGS:
+                await asyncio.sleep(RECONNECT_FIRST_DELAY_S)
         else:
             log.warning("Redis at %s does not answer: caching in-process until it does", self._safe_url())
             self._schedule_reconnect()

@@ -348,6 +348,8 @@ def test_the_scoring_queue_refuses_at_its_turn_a_request_that_waited_too_long():
 def test_a_standing_queue_is_overload():
     from serving.admission import OVERLOAD_WINDOW_S, ScoringQueue
 
+    LIFECYCLE.model_loaded_at = 0.0                       # no model load just before (another test's)
+
     async def scenario():
         queue = ScoringQueue(queue_timeout_s=10, queue_target_s=10)
         seen = []
@@ -364,9 +366,24 @@ def test_a_standing_queue_is_overload():
     assert not seen[0] and seen[-1] and not after, seen
 
 
-def test_a_model_load_is_not_overload():
+def test_a_request_after_an_idle_spell_is_not_overload():
+    """The standing queue is timed from when the queue last went from empty to busy: a lone request
+    that arrives after seconds of quiet is not taken for a queue that stood all that time."""
     from serving.admission import OVERLOAD_WINDOW_S, ScoringQueue
 
+    async def scenario():
+        queue = ScoringQueue(queue_timeout_s=10, queue_target_s=10)
+        queue.last_empty = time.monotonic() - 10 * OVERLOAD_WINDOW_S     # idle for a while
+        async with queue.turn(time.monotonic()):
+            return queue.overloaded()
+
+    assert not asyncio.run(scenario())
+
+
+def test_a_model_load_is_not_overload():
+    from serving.admission import OVERLOAD_WINDOW_S, RELOAD_GRACE_S, ScoringQueue
+
+    LIFECYCLE.model_loaded_at = 0.0                       # no model load just before (another test's)
     queue = ScoringQueue(queue_timeout_s=10, queue_target_s=10)
     queue._busy, queue.last_empty = True, time.monotonic() - 10 * OVERLOAD_WINDOW_S       # standing for long
     assert queue.overloaded()
@@ -378,7 +395,8 @@ def test_a_model_load_is_not_overload():
     LIFECYCLE.model_loaded_at = time.monotonic()
     try:
         assert not queue.overloaded()                     # a window of grace after it
-        assert queue.overloaded(time.monotonic() + 2 * OVERLOAD_WINDOW_S)
+        assert not queue.overloaded(time.monotonic() + RELOAD_GRACE_S / 2)
+        assert queue.overloaded(time.monotonic() + RELOAD_GRACE_S + OVERLOAD_WINDOW_S)
     finally:
         LIFECYCLE.model_loaded_at = 0.0
 

@@ -138,3 +138,37 @@ def test_a_worker_without_traffic_notices_that_redis_is_gone(make_client, redis_
     while not client.get("/healthz").json()["cache_connected"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert client.get("/healthz").json()["cache_connected"] is True
+
+
+def test_a_ping_missed_at_start_is_not_taken_for_redis_down():
+    """A worker starts while its siblings load models: the first PING may miss its timeout on the busy
+    CPU. The start tries again before it calls Redis down."""
+    import asyncio
+
+    import redis
+
+    from serving.cache import ResponseCache
+
+    class FlakyRedis:
+        def __init__(self, misses: int) -> None:
+            self.misses = misses
+
+        def ping(self) -> bool:
+            if self.misses:
+                self.misses -= 1
+                raise redis.TimeoutError("Timeout reading from socket")
+            return True
+
+        def close(self) -> None:
+            pass
+
+    async def start(misses: int) -> bool:
+        cache = ResponseCache("redis://127.0.0.1:1/0", ttl_s=60, timeout_ms=50, local_max_items=10)
+        cache._redis = FlakyRedis(misses)
+        await cache.start()
+        connected = cache.connected
+        await cache.close()
+        return connected
+
+    assert asyncio.run(start(misses=1))
+    assert not asyncio.run(start(misses=10))       # Redis that never answers is still found out at start
