@@ -237,7 +237,9 @@ class ApiServer:
         log.close()
         wait_until(self._listening, 120, what="gunicorn listening")
         if wait_ready_s:
-            wait_until(lambda: self.get("/readyz")[0] == 200, wait_ready_s, interval_s=0.25, what="API ready")
+            # every worker, not the first one up: a check right after the start must see them all
+            wait_until(lambda: self.get("/readyz")[0] == 200 and all(h["model_loaded"] for h in self.healthz_all_workers()),
+                       wait_ready_s, interval_s=0.25, what="every worker ready")
         return self
 
     def _listening(self) -> bool:

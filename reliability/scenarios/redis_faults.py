@@ -75,7 +75,9 @@ def _run(ws, result: ScenarioResult) -> None:
     redis = ws.redis()
     proxy = ws.track(SlowProxy(redis.port).start())
     api = ws.api("redis-faults", {"REDIS_URL": proxy.url})
-    result.check("Redis connected at start on every worker", all(h["cache_connected"] for h in api.healthz_all_workers()))
+    health = api.healthz_all_workers()
+    result.check("Redis connected at start on every worker", all(h["cache_connected"] for h in health),
+                 "; ".join(f"worker {h['worker']}: cache_connected={h['cache_connected']}" for h in health))
 
     mix = RequestMix(ws.vocab, {"cached": 3, "exact": 1})
     for body in mix.bodies["cached"]:
