@@ -112,7 +112,7 @@ def _run(ws, result: ScenarioResult) -> None:
     refused_after = [r for r in after if r.status == 0 and r.error and "Refused" in r.error]
     failed_after = [r for r in after if r.status == 0 and r not in refused_after]
     ready_after = [p for p in probes if p.at_s >= signal_at + READY_FALSE_BOUND_S]
-    ready_before = [p for p in probes if p.at_s < signal_at]
+    ready_before = [p for p in probes if p.at_s + p.latency_ms / 1000 < signal_at]    # answered before it
     first_503 = next((p.at_s - signal_at for p in probes if p.at_s >= signal_at and p.status == 503), None)
     log = api.log_text()
 
