@@ -80,8 +80,14 @@ class FakeRecommender:
         return FakeRecommendation(items, unknown, not known)
 
 
+# in-process tests judge answers to inputs, not to load: in a long test run's big heap one garbage
+# collection can hold a request past the 250 ms queue timeout, which would shed it with 503. The
+# admission tests (test_serving_admission.py) set the limits they check.
+NO_SHEDDING = dict(QUEUE_TIMEOUT_MS=60_000, QUEUE_TARGET_MS=60_000, REQUEST_TIMEOUT_MS=600_000)
+
+
 def serving_settings(**overrides) -> Settings:
-    values = dict(REDIS_URL="", MODEL_POLL_S=3600, ADMIN_TOKEN=None, MODEL_URI=None, TIMEZONE="UTC")
+    values = dict(REDIS_URL="", MODEL_POLL_S=3600, ADMIN_TOKEN=None, MODEL_URI=None, TIMEZONE="UTC", **NO_SHEDDING)
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -176,7 +176,7 @@ def stamped_client(make_settings, fake_registry):
 
 
 def test_continue_answers_504_when_its_deadline_passed_before_scoring(stamped_client, fake_registry):
-    client = stamped_client(0.3, REQUEST_TIMEOUT_MS=200, QUEUE_TIMEOUT_MS=1000)
+    client = stamped_client(0.3, REQUEST_TIMEOUT_MS=200, QUEUE_TIMEOUT_MS=1000, QUEUE_TARGET_MS=50)
     calls = fake_registry.models["1"].calls
     response = client.post("/continue", json={"tracks": ["t1"], "k": 3})
     assert response.status_code == 504 and "deadline exceeded" in response.json()["detail"]
@@ -185,7 +185,7 @@ def test_continue_answers_504_when_its_deadline_passed_before_scoring(stamped_cl
 
 
 def test_continue_is_shed_with_503_and_retry_after_in_the_app(stamped_client):
-    client = stamped_client(0.5, QUEUE_TIMEOUT_MS=250, RETRY_AFTER_S=2)
+    client = stamped_client(0.5, QUEUE_TIMEOUT_MS=250, QUEUE_TARGET_MS=50, RETRY_AFTER_S=2)
     response = client.post("/continue", json={"tracks": ["t1"], "k": 3})
     assert response.status_code == 503 and response.headers["retry-after"] == "2"
     assert response.json()["detail"].startswith("overloaded")
