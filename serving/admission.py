@@ -83,6 +83,16 @@ class LoopLagMonitor:
         return (now if now is not None else time.monotonic()) - self.last_prompt > OVERLOAD_WINDOW_S
 
 
+def wait_refusal(waited_s: float, overloaded: bool, timeout_s: float, target_s: float) -> str | None:
+    """Why a request that waited `waited_s` for its worker is refused (the queue timeout, or the
+    tighter target while the worker is overloaded), or None when it may go on."""
+    limit = target_s if overloaded else timeout_s
+    if waited_s <= limit:
+        return None
+    return (f"the request waited {waited_s * 1000:.0f} ms for this worker (limit {limit * 1000:.0f} ms"
+            f"{' while it is overloaded' if overloaded else ''})")
+
+
 class ScoringQueue:
     """The requests of a worker that wait to score, first in first out, one at a time; between two,
     the event loop reads its sockets.
@@ -139,14 +149,10 @@ class ScoringQueue:
                 future.cancel()            # skipped by _next
             raise
         now = time.monotonic()
-        waited = now - received
-        overloaded = self.overloaded(now)
-        limit = self.queue_target_s if overloaded else self.queue_timeout_s
-        if waited > limit:
+        refusal = wait_refusal(now - received, self.overloaded(now), self.queue_timeout_s, self.queue_target_s)
+        if refusal is not None:
             self._hand_on()
-            return (f"the request waited {waited * 1000:.0f} ms for this worker (limit {limit * 1000:.0f} ms"
-                    f"{' while it is overloaded' if overloaded else ''})")
-        return None
+        return refusal
 
     def _hand_on(self) -> None:
         """The turn passes at the next turn of the loop, not now: a request that comes along in this
@@ -234,13 +240,9 @@ class AdmissionMiddleware:
             await self._shed(scope, send, "concurrency",
                              f"this worker holds {held} requests (limit {self.max_concurrent})")
             return
-        waited = now - received
-        overloaded = self.overloaded(now)
-        limit = self.queue_target_s if overloaded else self.queue_timeout_s
-        if waited > limit:
-            await self._shed(scope, send, "queue",
-                             f"the request waited {waited * 1000:.0f} ms for this worker (limit {limit * 1000:.0f} ms"
-                             f"{' while it is overloaded' if overloaded else ''})")
+        refusal = wait_refusal(now - received, self.overloaded(now), self.queue_timeout_s, self.queue_target_s)
+        if refusal is not None:
+            await self._shed(scope, send, "queue", refusal)
             return
         extensions.setdefault(RECEIVED_AT, received)
         extensions[DEADLINE] = received + self.request_timeout_s
