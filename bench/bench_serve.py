@@ -94,8 +94,8 @@ def ensure_package(data_dir: Path, work_dir: Path) -> Path:
     from playlistai.config import get_settings
     from playlistai.data.sequences import load_vocab
     from playlistai.models import ModelConfig, build_model
+    from playlistai.models.checkpoint import save_checkpoint
     from playlistai.registry.packaging import build_package
-    from playlistai.training.checkpoint import save_checkpoint
 
     settings = get_settings()
     torch.manual_seed(0)

@@ -84,8 +84,8 @@ class Workspace:
 
         from playlistai.config import get_settings
         from playlistai.models import ModelConfig, build_model
+        from playlistai.models.checkpoint import save_checkpoint
         from playlistai.registry.packaging import build_package
-        from playlistai.training.checkpoint import save_checkpoint
 
         torch.manual_seed(seed)
         config = ModelConfig(family="sasrec", vocab_size=self.vocab.size, d_model=self.profile.model_d,

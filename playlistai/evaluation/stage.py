@@ -99,7 +99,7 @@ def parse_baselines(value: str | bool | Sequence[str]) -> list[str]:
 
 def load_model(model_uri: str, download_dir: Path):
     """(model, vocab, config) from a checkpoint directory, `runs:/<id>/checkpoint` or `models:/...`."""
-    from playlistai.training.checkpoint import find_checkpoint_dir, load_checkpoint
+    from playlistai.models.checkpoint import find_checkpoint_dir, load_checkpoint
 
     ref = ModelRef.parse(model_uri)
     if ref.is_local:

@@ -1,6 +1,6 @@
 """The model package: one directory that holds everything a Recommender needs, and nothing else.
 
-    model.pt, config.json, vocab.json   the training checkpoint (playlistai.training.checkpoint)
+    model.pt, config.json, vocab.json   the training checkpoint (playlistai.models.checkpoint)
     ann.faiss                           FAISS inner-product index over the item embeddings
     ann.json                            its type, build and search parameters, measured overlap
     popularity.npz                      per-hour play counts for the cold-start fallback

@@ -110,7 +110,7 @@ class Recommender:
     @classmethod
     def from_directory(cls, path: str | Path, num_threads: int | None = None) -> Recommender:
         """Load a model package (or a pyfunc model directory holding one); every file is verified."""
-        from playlistai.training.checkpoint import CheckpointError, load_checkpoint
+        from playlistai.models.checkpoint import CheckpointError, load_checkpoint
 
         directory = resolve_package_dir(path)
         verify_package(directory)

@@ -1,4 +1,5 @@
-"""Sequence models. Every model is a `SequenceRecommender` (see base.py) built from a ModelConfig."""
+"""Sequence models. Every model is a `SequenceRecommender` (see base.py) built from a ModelConfig;
+checkpoint.py writes and reads them (imported on its own, not re-exported here)."""
 
 from playlistai.models.base import SequenceRecommender
 from playlistai.models.config import FAMILIES, ModelConfig, canonical_family

@@ -32,7 +32,7 @@ from playlistai.inference.package import (
     write_manifest,
 )
 from playlistai.inference.popularity import DEFAULT_SMOOTHING, ContextPopularity
-from playlistai.training.checkpoint import CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint
+from playlistai.models.checkpoint import CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint
 
 TUNING_QUERIES = 1000
 

@@ -23,12 +23,12 @@ import playlistai
 from playlistai.config import get_settings
 from playlistai.data.layout import DataLayout
 from playlistai.model_ref import ModelRef
+from playlistai.models.checkpoint import find_checkpoint_dir
 from playlistai.registry import promotion
 from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
 from playlistai.registry.pyfunc import load_recommender, log_package_model
 from playlistai.tracking import files_hash, git_commit
-from playlistai.training.checkpoint import find_checkpoint_dir
 
 CHECKPOINT_ARTIFACT = "checkpoint"          # where a training run logs its checkpoint
 

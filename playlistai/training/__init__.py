@@ -1,1 +1,1 @@
-"""Training: losses, the train loop, checkpoints, the Ray Train wrapper and the `train` stage."""
+"""Training: losses, the train loop, resumable epoch state, the Ray Train wrapper and the `train` stage."""

@@ -17,7 +17,7 @@ An epoch's state directory (a Ray checkpoint, or state_dir/epoch_NNN locally):
     train_state.pt   weights, optimizer, schedule, early-stopping state, history, RNG: resumable;
                      tensors and plain values only, read with torch.load(weights_only=True)
     meta.json        {"epoch", "best_epoch", "best_metric"}: readable without loading the weights
-    best/            the best epoch so far as a product checkpoint (checkpoint.py)
+    best/            the best epoch so far as a product checkpoint (models/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from playlistai.data.sequences import (
 )
 from playlistai.data.vocab import Vocabulary
 from playlistai.models import ModelConfig, build_model
-from playlistai.training.checkpoint import save_checkpoint
+from playlistai.models.checkpoint import save_checkpoint
 from playlistai.training.loop import TrainConfig, TrainWindows, fit, seed_everything
 from playlistai.training.losses import resolve_loss
 from playlistai.training.precision import autocast_dtype

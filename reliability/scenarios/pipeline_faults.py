@@ -156,7 +156,7 @@ class Faults:
     def killed_training(self, trainer: str = "local") -> None:
         import psutil
 
-        from playlistai.training.checkpoint import load_checkpoint
+        from playlistai.models.checkpoint import load_checkpoint
         from playlistai.training.worker import find_state_dirs
 
         ws = self.ws

@@ -13,8 +13,8 @@ from playlistai.data.sequences import load_vocab
 from playlistai.evaluation.compare import compare_per_case, load_per_case
 from playlistai.evaluation.stage import LeakageError, check_split, run_evaluate
 from playlistai.models import ModelConfig, build_model
+from playlistai.models.checkpoint import save_checkpoint
 from playlistai.tracking import configure_mlflow, stage_run
-from playlistai.training.checkpoint import save_checkpoint
 
 DESIGN_KEYS = [
     "recall_at_20", "ndcg_at_10", "mrr_at_20", "cont_recall_at_20", "coverage_at_100",

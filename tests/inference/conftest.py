@@ -16,7 +16,7 @@ from playlistai.data.sequences import load_vocab
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data_dir, tmp_path_factory):
     from playlistai.models import ModelConfig, build_model
-    from playlistai.training.checkpoint import save_checkpoint
+    from playlistai.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     vocab = load_vocab(tiny_data_dir)

@@ -93,10 +93,10 @@ def monitoring_model(tiny_data_dir, tmp_path_factory):
 
     from playlistai.data.sequences import load_vocab
     from playlistai.models import ModelConfig, build_model
+    from playlistai.models.checkpoint import save_checkpoint
     from playlistai.registry.packaging import build_package
     from playlistai.registry.pyfunc import log_package_model
     from playlistai.tracking import configure_mlflow
-    from playlistai.training.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("monitoring_model")
     torch.manual_seed(0)

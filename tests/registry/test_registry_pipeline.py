@@ -73,7 +73,7 @@ def test_registry_production_model_recommends_in_a_fresh_process(tiny_pipeline, 
 def _untrained_run(recommender, directory) -> str:
     """A 'training run' whose checkpoint is an untrained model: a challenger that must lose."""
     from playlistai.models import build_model
-    from playlistai.training.checkpoint import save_checkpoint
+    from playlistai.models.checkpoint import save_checkpoint
 
     torch.manual_seed(123)
     model = build_model(recommender.model.config)

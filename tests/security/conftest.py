@@ -20,8 +20,8 @@ def security_package(tiny_data_dir, tmp_path_factory):
 
     from playlistai.data.sequences import load_vocab
     from playlistai.models import ModelConfig, build_model
+    from playlistai.models.checkpoint import save_checkpoint
     from playlistai.registry.packaging import build_package
-    from playlistai.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     vocab = load_vocab(tiny_data_dir)

@@ -172,8 +172,8 @@ def _tiny_package(data_dir, out_root, seed: int):
 
     from playlistai.data.sequences import load_vocab
     from playlistai.models import ModelConfig, build_model
+    from playlistai.models.checkpoint import save_checkpoint
     from playlistai.registry.packaging import build_package
-    from playlistai.training.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     vocab = load_vocab(data_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from playlistai.training.checkpoint import load_checkpoint
+from playlistai.models.checkpoint import load_checkpoint
 from playlistai.training.stage import TrainParams, run_train_stage
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from entrypoints.train import app
-from playlistai.training.checkpoint import load_checkpoint
+from playlistai.models.checkpoint import load_checkpoint
 from playlistai.training.stage import TrainParams
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 
 from playlistai.data.vocab import Vocabulary
 from playlistai.models import ModelConfig, build_model
-from playlistai.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from playlistai.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _vocab(n=9) -> Vocabulary:
