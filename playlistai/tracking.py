@@ -341,7 +341,7 @@ def close_if_abandoned(client: mlflow.MlflowClient, run_id: str, note: str, quie
     without a `stage_process` tag is left alone. `note` (who noticed) goes into the `ended_by` tag.
     Returns True when the run was ended.
     """
-    from playlistai.data.layout import pid_alive
+    from playlistai.files import pid_alive
 
     run = client.get_run(run_id)
     if run.info.status != "RUNNING":

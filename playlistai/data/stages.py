@@ -23,10 +23,11 @@ from playlistai.data.ingest import (
     Limits,
     read_events,
 )
-from playlistai.data.layout import DataLayout, atomic_dir, write_json, write_parquet
+from playlistai.data.layout import DataLayout
 from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
 from playlistai.data.splits import make_splits, unknown_share
+from playlistai.files import atomic_dir, write_json, write_parquet
 from playlistai.tracking import file_hash, files_hash
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from playlistai.data.layout import atomic_path
 from playlistai.data.vocab import Vocabulary
+from playlistai.files import atomic_path
 from playlistai.models import ModelConfig, SequenceRecommender, build_model
 
 FORMAT_VERSION = 1

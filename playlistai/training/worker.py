@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from playlistai.data.layout import atomic_dir
 from playlistai.data.sequences import (
     NextTrackCases,
     encode_sessions,
@@ -47,6 +46,7 @@ from playlistai.data.sequences import (
     next_track_cases,
 )
 from playlistai.data.vocab import Vocabulary
+from playlistai.files import atomic_dir
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
 from playlistai.training.loop import TrainConfig, TrainWindows, fit, seed_everything

@@ -1,4 +1,4 @@
-"""Atomic writes of the data layout: whole-or-nothing outputs, usual permissions, no leftovers."""
+"""Atomic writes (playlistai/files.py): whole-or-nothing outputs, usual permissions, no leftovers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from playlistai.data.layout import atomic_dir, atomic_path, stale_temporaries, write_parquet
+from playlistai.files import atomic_dir, atomic_path, stale_temporaries, write_parquet
 
 
 @pytest.fixture
@@ -76,12 +76,12 @@ def test_a_killed_writer_leaves_the_old_file_and_its_temporary_is_swept(tmp_path
     script = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from playlistai.data.layout import atomic_path\n"
+        "from playlistai.files import atomic_path\n"
         f"with atomic_path(Path({str(target)!r})) as tmp:\n"
         "    tmp.write_text('half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == -9
     assert target.read_text() == "old"
     assert len(stale_temporaries(target)) == 1
