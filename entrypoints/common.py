@@ -112,7 +112,7 @@ def after_training(run_id: str, data_dir: str, base_dir: str = "data") -> tuple[
 def echo_next(*commands: str) -> None:
     """The last line of a stage: the command(s) to run next (none inside `main`, which sets
     IN_PIPELINE_ENV for the stages it runs: their next step is the pipeline's)."""
-    from playlistai.registry.pipeline import IN_PIPELINE_ENV
+    from playlistai.pipeline import IN_PIPELINE_ENV
 
     if commands and not os.environ.get(IN_PIPELINE_ENV):
         typer.echo("next: " + "  or  ".join(f"`{c}`" for c in commands))

@@ -15,7 +15,7 @@ import typer
 
 from entrypoints.common import SYNTHETIC, as_bool, as_int, cli_errors, default_data_dir, echo_next, ui_command
 from playlistai.config import get_settings
-from playlistai.registry.pipeline import PipelineError, parse_models, run_pipeline
+from playlistai.pipeline import PipelineError, parse_models, run_pipeline
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.tracking import run_location, stage_run
 

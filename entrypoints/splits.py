@@ -9,7 +9,7 @@ from entrypoints.common import as_int, cli_errors, echo_next, next_stage_command
 from playlistai.config import get_settings
 from playlistai.data.splits import parse_vocab_scope
 from playlistai.data.stages import run_splits
-from playlistai.registry.pipeline import tiny_data_warning
+from playlistai.pipeline import tiny_data_warning
 from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from entrypoints.common import default_data_dir, stage_command
-from playlistai.registry.pipeline import tiny_data_warning
+from playlistai.pipeline import tiny_data_warning
 from tests.integration.test_bare_mlflow_run import bare_env, bare_run, clone  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
