@@ -59,6 +59,7 @@ def main(
     val_max_cases: str = typer.Option("5000", help="per-epoch validation subset size; 0 = all"),
     val_exclude_seen: str = typer.Option("true", help="validate without the tracks of the history (false: repeats allowed)"),
     fit_repeat_bonus: str = typer.Option("true", help="with repeats allowed, fit the repeat bonus on validation"),
+    neighbour_mix: str = typer.Option("true", help="after training, mix session neighbours' votes in when validation gains"),
     storage_path: str = typer.Option("outputs/train", help="where epoch states and Ray checkpoints go"),
     progress: str = typer.Option("true", help="progress bar per epoch"),
 ) -> None:
@@ -67,7 +68,7 @@ def main(
         max_seq_len=max_seq_len, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         loss=loss, num_negatives=num_negatives, label_smoothing=label_smoothing, ce_chunk_mb=ce_chunk_mb,
         precision=precision, max_minutes=max_minutes, anneal_to_budget=anneal_to_budget, epoch_windows=epoch_windows, use_context=use_context,
-        cosine_scale=cosine_scale, fit_repeat_bonus=fit_repeat_bonus,
+        cosine_scale=cosine_scale, fit_repeat_bonus=fit_repeat_bonus, neighbour_mix=neighbour_mix,
         num_workers=num_workers, trainer=trainer, seed=seed, patience=patience, plateau_lr_factor=plateau_lr_factor, data_dir=data_dir,
         resume_from=resume_from, val_max_cases=val_max_cases, val_exclude_seen=val_exclude_seen, storage_path=storage_path,
     )
@@ -106,6 +107,7 @@ def main(
             val_max_cases=as_int(val_max_cases, "val_max_cases"),
             val_exclude_seen=as_bool(val_exclude_seen, "val_exclude_seen"),
             fit_repeat_bonus=as_bool(fit_repeat_bonus, "fit_repeat_bonus"),
+            neighbour_mix=as_bool(neighbour_mix, "neighbour_mix"),
             storage_path=storage_path,
             progress=as_bool(progress, "progress"),
         )
@@ -116,6 +118,13 @@ def main(
             raise
         outcome = run_train_stage(params, log_params={k: v for k, v in raw.items() if v is not None}, settings=settings)
         best = outcome.summary.get("best_metrics", {})
+        mix = outcome.neighbour_mix
+        if mix is not None:
+            typer.echo(
+                f"train: session neighbours {'mixed in' if mix.kept else 'not mixed in (no validation gain)'}: "
+                f"val_ndcg_at_10 {mix.before.get('ndcg_at_10', float('nan')):.4f} -> {mix.after.get('ndcg_at_10', float('nan')):.4f} "
+                f"on {mix.cases:,} val cases (weight {mix.weight:.3g}, repeat bonus {mix.repeat_bonus:.3g})"
+            )
         typer.echo(
             f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "
             f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "

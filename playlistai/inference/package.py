@@ -1,6 +1,7 @@
 """The model package: one directory that holds everything a Recommender needs, and nothing else.
 
     model.pt, config.json, vocab.json   the training checkpoint (playlistai.models.checkpoint)
+    neighbours.npz                      its session neighbours, when the model mixes them in (optional)
     ann.faiss                           FAISS inner-product index over the item embeddings
     ann.json                            its type, build and search parameters, measured overlap
     popularity.npz                      per-hour play counts for the cold-start fallback
@@ -42,6 +43,11 @@ PACKAGE_FILES = {
     DRIFT_SAMPLE_FILE: "the training feature sample for drift",
 }
 
+# files a package holds only for some models: when present they are sealed and checked like the rest
+OPTIONAL_FILES = {
+    "neighbours.npz": "the session neighbours mixed into the scores",
+}
+
 # the pyfunc model keeps the package under artifacts/<this name>
 PACKAGE_ARTIFACT = "package"
 
@@ -63,12 +69,13 @@ def write_manifest(directory: Path, extra: dict | None = None) -> dict:
     missing = [name for name in PACKAGE_FILES if not (directory / name).is_file()]
     if missing:
         raise ModelPackageError(f"cannot seal package {directory}: missing {', '.join(missing)}")
+    sealed = {**PACKAGE_FILES, **{n: w for n, w in OPTIONAL_FILES.items() if (directory / n).is_file()}}
     manifest = {
         "format_version": FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": {
             name: {"sha256": sha256_of(directory / name), "bytes": (directory / name).stat().st_size, "what": what}
-            for name, what in PACKAGE_FILES.items()
+            for name, what in sealed.items()
         },
         **(extra or {}),
     }
@@ -102,12 +109,14 @@ def verify_package(directory: Path) -> dict:
         raise ModelPackageError(
             f"{directory} has package format {manifest.get('format_version')!r}; this code reads {FORMAT_VERSION}"
         )
-    expected = set(PACKAGE_FILES)
+    described_as = {**PACKAGE_FILES, **OPTIONAL_FILES}
+    expected = set(PACKAGE_FILES) | {n for n in OPTIONAL_FILES if n in files}
     missing = sorted(name for name in expected if not (directory / name).is_file())
     if missing:
-        described = ", ".join(f"{name} ({PACKAGE_FILES[name]})" for name in missing)
+        described = ", ".join(f"{name} ({described_as[name]})" for name in missing)
         raise ModelPackageError(f"model package {directory} is missing {described}")
-    unlisted = sorted(expected - set(files))
+    # an optional file present but never sealed would change the answers unchecked
+    unlisted = sorted((expected | {n for n in OPTIONAL_FILES if (directory / n).is_file()}) - set(files))
     if unlisted:
         raise ModelPackageError(f"{directory / MANIFEST_FILE} does not list {', '.join(unlisted)}")
     for name in sorted(expected):
@@ -116,7 +125,7 @@ def verify_package(directory: Path) -> dict:
         size = path.stat().st_size
         if size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
             raise ModelPackageError(
-                f"model package file {path} ({PACKAGE_FILES[name]}) is corrupt: its size or checksum "
+                f"model package file {path} ({described_as[name]}) is corrupt: its size or checksum "
                 f"differs from {MANIFEST_FILE} ({size} bytes, expected {entry.get('bytes')})"
             )
     return manifest

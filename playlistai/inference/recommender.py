@@ -239,11 +239,12 @@ class Recommender:
         warm = [i for i in range(n) if len(known[i]) > 0]
         if warm:
             queries = self._queries([known[i] for i in warm], [hours[i] for i in warm], [dows[i] for i in warm])
+            voted = self._neighbour_votes([known[i] for i in warm], [seen[i] for i in warm])
             exact_rows = list(range(len(warm)))
             if use_ann:
                 exact_rows = []
                 ann_rows = self._ann_answers(queries, [ks[i] for i in warm], [seen[i] for i in warm],
-                                             [lifted[i] for i in warm], max_per_artist, cand_topk)
+                                             [lifted[i] for i in warm], voted, max_per_artist, cand_topk)
                 for row, i in enumerate(warm):
                     if ann_rows[row] is None:
                         exact_rows.append(row)
@@ -259,6 +260,9 @@ class Recommender:
                             scores[r, torch.from_numpy(seen[i])] = NEG_INF
                         if len(lifted[i]):
                             scores[r, torch.from_numpy(lifted[i])] += self.repeat_bonus
+                        tracks_voted, vote_values = voted[row]
+                        if len(tracks_voted):
+                            scores[r, torch.from_numpy(tracks_voted)] += torch.from_numpy(vote_values)
                     for r, row in enumerate(exact_rows):
                         i = warm[row]
                         results[i] = Recommendation(self._select(scores[r], ks[i], max_per_artist), unknown[i])
@@ -291,19 +295,42 @@ class Recommender:
                 torch.as_tensor(np.asarray(dows, dtype=np.int64)),
             ).float()
 
-    def _ann_answers(self, queries, ks, seen, lifted, max_per_artist, cand_topk) -> list[list | None]:
-        """FAISS candidates (plus the rows' lifted tracks) re-ranked exactly; None for a row whose
-        filters left fewer than k."""
+    def _neighbour_votes(self, known: list[np.ndarray], seen: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row, (tracks, weight x scaled vote) of the model's session neighbours; empty when the
+        model mixes none in. Seen tracks are left out: they are never recommended."""
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if not self.model.mixes_neighbours:
+            return [empty] * len(known)
+        neighbours, weight = self.model.neighbours, float(self.model.neighbour_weight)
+        width = neighbours.recent_items or self.max_seq_len
+        histories = np.zeros((len(known), width), dtype=np.int64)
+        for row, items in enumerate(known):
+            tail = items[-width:]
+            histories[row, width - len(tail):] = tail
+        votes = neighbours.scaled_votes_sparse(histories)
+        out = []
+        for row in range(len(known)):
+            lo, hi = votes.indptr[row], votes.indptr[row + 1]
+            tracks, values = votes.indices[lo:hi].astype(np.int64), votes.data[lo:hi] * np.float32(weight)
+            keep = ~np.isin(tracks, seen[row])
+            out.append((tracks[keep], values[keep].astype(np.float32)))
+        return out
+
+    def _ann_answers(self, queries, ks, seen, lifted, voted, max_per_artist, cand_topk) -> list[list | None]:
+        """FAISS candidates (plus the rows' lifted and voted tracks) re-ranked exactly; None for a
+        row whose filters left fewer than k."""
         if self.ann_index is None or self.ann_params is None:
             raise ModelPackageError("use_ann=True but this Recommender has no FAISS index")
         wanted = max(max(ks), cand_topk) + max(len(s) for s in seen)
         candidates = ann_lib.search(self.ann_index, self.ann_params, queries.numpy(), wanted)   # [B, C]
-        if any(len(x) for x in lifted):
-            # every lifted track becomes a candidate (PAD-padded to a common width); one already
-            # found by FAISS is blanked in the appended part, so none is counted twice
-            width = max(len(x) for x in lifted)
+        # every lifted or voted track becomes a candidate (PAD-padded to a common width): outside the
+        # FAISS list, its score term could still carry it into the top
+        added = [np.union1d(lifted[row], voted[row][0]) for row in range(len(candidates))]
+        if any(len(x) for x in added):
+            # one already found by FAISS is blanked in the appended part, so none is counted twice
+            width = max(len(x) for x in added)
             extra = np.zeros((len(candidates), width), dtype=candidates.dtype)
-            for row, items in enumerate(lifted):
+            for row, items in enumerate(added):
                 items = items[~np.isin(items, candidates[row])]
                 extra[row, : len(items)] = items
             candidates = np.concatenate([candidates, extra], axis=1)
@@ -317,6 +344,12 @@ class Recommender:
                     scores[row, torch.from_numpy(np.isin(candidates[row], seen[row]))] = NEG_INF
                 if len(lifted[row]):
                     scores[row, torch.from_numpy(np.isin(candidates[row], lifted[row]))] += self.repeat_bonus
+                tracks_voted, vote_values = voted[row]
+                if len(tracks_voted):
+                    # tracks_voted is sorted (CSR order): find each candidate in it
+                    at = np.minimum(np.searchsorted(tracks_voted, candidates[row]), len(tracks_voted) - 1)
+                    hit = tracks_voted[at] == candidates[row]
+                    scores[row, torch.from_numpy(hit)] += torch.from_numpy(vote_values[at[hit]])
                 picked = self._select(scores[row], ks[row], max_per_artist, ids=cand[row])
                 out.append(picked if len(picked) >= ks[row] else None)
         return out

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from playlistai.models.config import ModelConfig
+from playlistai.models.neighbours import SessionNeighbours
 
 
 def trim_left_padding(*tensors: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -34,24 +35,35 @@ def add_repeat_bonus(scores: torch.Tensor, histories: torch.Tensor, bonus: float
 
 
 class SequenceRecommender(nn.Module):
-    """Scores: query_vectors . item_embeddings, plus `repeat_bonus` for tracks of the history.
+    """Scores: query_vectors . item_embeddings, plus `repeat_bonus` for tracks of the history, plus
+    `neighbour_weight` x the session neighbours' votes (scaled to [0, 1] per row) when the model has
+    neighbours.
 
     The repeat bonus is how much more likely a track already in the session is to come next than
     its embedding says. Listening and browsing repeat (a fifth of DIGINETICA's targets are in their
     own prefix), and an inner product has no notion of "this one again". It is one number, fitted
-    on the validation cases after every epoch (training/repeat_bonus.py) rather than learned by
+    on the validation cases after every epoch (training/score_terms.py) rather than learned by
     gradient, and kept as a buffer so the best epoch's weights carry their own bonus. It only
     matters where history tracks may be recommended (`exclude_seen=false`).
+
+    The neighbours (models/neighbours.py) are the training sessions most like this one: their
+    votes lift the tracks those sessions went on to hold. The weight is fitted on validation once
+    training ends (training/score_mix.py), with the repeat bonus, because votes lift history
+    tracks too. The sessions travel beside the weights in the checkpoint (not a tensor: sparse).
     """
 
     config: ModelConfig
     item_emb: nn.Embedding
     repeat_bonus: torch.Tensor
+    neighbour_weight: torch.Tensor
+    neighbours: SessionNeighbours | None
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("repeat_bonus", torch.zeros(()))
-        self.register_load_state_dict_pre_hook(_checkpoint_without_repeat_bonus)
+        self.register_buffer("neighbour_weight", torch.zeros(()))
+        self.register_load_state_dict_pre_hook(_checkpoint_without_score_terms)
+        self.neighbours = None
 
     def forward(self, input_ids: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor) -> torch.Tensor:
         """input_ids, hours, dows [B, L] -> query vectors [B, L, D]: scores are output @ item_embeddings().T."""
@@ -91,20 +103,28 @@ class SequenceRecommender(nn.Module):
 
     @torch.no_grad()
     def score_batch(
-        self, histories: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor, with_repeat_bonus: bool = True
+        self, histories: torch.Tensor, hours: torch.Tensor, dows: torch.Tensor, with_score_terms: bool = True
     ) -> torch.Tensor:
-        """Scores over the catalog [B, V]; PAD (column 0) is -inf. The caller picks eval mode."""
+        """Scores over the catalog [B, V]; PAD (column 0) is -inf. The caller picks eval mode.
+        `with_score_terms=False` leaves out the repeat bonus and the neighbours' votes."""
         scores = self.user_vectors(histories, hours, dows) @ self.item_embeddings().T
-        if with_repeat_bonus:
+        if with_score_terms:
             histories = torch.as_tensor(histories, dtype=torch.long)[:, -self.config.max_seq_len :]
             add_repeat_bonus(scores, histories.to(scores.device), float(self.repeat_bonus))
+            if self.mixes_neighbours:
+                scores += float(self.neighbour_weight) * self.neighbours.scaled_votes(histories).to(scores.device)
         scores[:, 0] = float("-inf")
         return scores
+
+    @property
+    def mixes_neighbours(self) -> bool:
+        return self.neighbours is not None and float(self.neighbour_weight) != 0.0
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
 
-def _checkpoint_without_repeat_bonus(module, state_dict, prefix, *args) -> None:
-    # checkpoints written before the repeat bonus existed scored without one
+def _checkpoint_without_score_terms(module, state_dict, prefix, *args) -> None:
+    # checkpoints written before the repeat bonus or the neighbour mix existed scored without them
     state_dict.setdefault(prefix + "repeat_bonus", torch.zeros(()))
+    state_dict.setdefault(prefix + "neighbour_weight", torch.zeros(()))

@@ -3,6 +3,7 @@
     directory/model.pt      the model's state_dict
     directory/config.json   {"format_version", "model_config": ModelConfig.to_dict(), **extra}
     directory/vocab.json    the Vocabulary the model was trained on (index i = embedding row i)
+    directory/neighbours.npz  the training sessions of its session neighbours, when it mixes them in
 
 A training run logs this directory as the MLflow artifact `checkpoint/`, so
 `runs:/<run_id>/checkpoint` downloads to exactly this layout.
@@ -19,11 +20,13 @@ import torch
 from playlistai.data.vocab import Vocabulary
 from playlistai.files import atomic_path
 from playlistai.models import ModelConfig, SequenceRecommender, build_model
+from playlistai.models.neighbours import SessionNeighbours
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
+NEIGHBOURS_FILE = "neighbours.npz"
 
 
 class CheckpointError(ValueError):
@@ -37,8 +40,8 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the three files (each atomically). `state_dict` overrides the model's own weights,
-    e.g. the best epoch's weights kept in memory while the model has moved on."""
+    """Write the files (each atomically). `state_dict` overrides the model's own weights, e.g. the
+    best epoch's weights kept in memory while the model has moved on."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if vocab.size != model.config.vocab_size:
@@ -54,6 +57,11 @@ def save_checkpoint(
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     with atomic_path(directory / VOCAB_FILE) as tmp:
         vocab.to_json(tmp)
+    if model.neighbours is not None:
+        with atomic_path(directory / NEIGHBOURS_FILE) as tmp:
+            model.neighbours.save(tmp)
+    else:
+        (directory / NEIGHBOURS_FILE).unlink(missing_ok=True)
     return directory
 
 
@@ -101,5 +109,16 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         model.load_state_dict(state)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"{path} is corrupt or does not match {CONFIG_FILE}: {exc}") from None
+
+    path = directory / NEIGHBOURS_FILE
+    if path.is_file():
+        try:
+            model.neighbours = SessionNeighbours.load(path)
+        except Exception as exc:  # numpy raises zip, key, value and OS errors for a bad file
+            raise CheckpointError(f"{path} is corrupt or not a neighbours file: {exc}") from None
+        if model.neighbours.vocab_size != model_config.vocab_size:
+            raise CheckpointError(
+                f"{path} covers {model.neighbours.vocab_size} tracks, {CONFIG_FILE} says vocab_size={model_config.vocab_size}"
+            )
     model.eval()
     return model, vocab, config

@@ -32,7 +32,7 @@ from playlistai.inference.package import (
     write_manifest,
 )
 from playlistai.inference.popularity import DEFAULT_SMOOTHING, ContextPopularity
-from playlistai.models.checkpoint import CONFIG_FILE, MODEL_FILE, VOCAB_FILE, load_checkpoint
+from playlistai.models.checkpoint import CONFIG_FILE, MODEL_FILE, NEIGHBOURS_FILE, VOCAB_FILE, load_checkpoint
 
 TUNING_QUERIES = 1000
 
@@ -66,8 +66,9 @@ def build_package(
     checkpoint_dir, data_dir, out_dir = Path(checkpoint_dir), Path(data_dir), Path(out_dir)
     model, vocab, config = load_checkpoint(checkpoint_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE):
-        shutil.copyfile(checkpoint_dir / name, out_dir / name)
+    for name in (MODEL_FILE, CONFIG_FILE, VOCAB_FILE, NEIGHBOURS_FILE):
+        if name != NEIGHBOURS_FILE or (checkpoint_dir / name).is_file():
+            shutil.copyfile(checkpoint_dir / name, out_dir / name)
 
     with torch.inference_mode():
         items = model.item_embeddings()[1:].float().numpy()

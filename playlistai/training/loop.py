@@ -36,7 +36,7 @@ from playlistai.models import SequenceRecommender
 from playlistai.models.base import trim_left_padding
 from playlistai.training.losses import LOSSES, make_loss
 from playlistai.training.precision import PRECISIONS, autocast_dtype
-from playlistai.training.repeat_bonus import GAP_MULTIPLES, collect_evidence, metric_sums
+from playlistai.training.score_terms import collect_evidence, fit_terms
 
 EARLY_STOP_METRIC = "val_ndcg_at_10"
 STOP_REASONS = ("early_stopping", "max_minutes", "epochs")
@@ -237,17 +237,10 @@ def _validate_fitting_repeat_bonus(
     model: SequenceRecommender, shard: NextTrackCases, keys: list[str], config: TrainConfig, world_size: int
 ) -> dict[str, float]:
     evidence = collect_evidence(model, shard, max(VAL_KS), config.eval_batch_size) if len(shard) else None
-    gap_sum, n = _all_reduce([evidence.gap_sum if evidence else 0.0, float(len(shard))], world_size)
-    n = max(n, 1.0)
-    bonuses = [m * gap_sum / n for m in GAP_MULTIPLES]
-    sums = []
-    for bonus in bonuses:
-        sums.extend(metric_sums(evidence, bonus, keys, VAL_KS) if evidence else [0.0] * len(keys))
-    means = np.asarray(_all_reduce(sums, world_size)).reshape(len(bonuses), len(keys)) / n
-    # the first maximum: the smallest bonus among equals
-    best = int(np.argmax(means[:, keys.index(EARLY_STOP_METRIC.removeprefix("val_"))]))
-    model.repeat_bonus.fill_(bonuses[best])
-    return {**{f"val_{k}": float(means[best, i]) for i, k in enumerate(keys)}, "val_repeat_bonus": bonuses[best]}
+    fitted = fit_terms(evidence, keys, VAL_KS, EARLY_STOP_METRIC.removeprefix("val_"),
+                       reduce=lambda values: _all_reduce(values, world_size))
+    model.repeat_bonus.fill_(fitted.bonus)
+    return {**{f"val_{k}": v for k, v in fitted.metrics.items()}, "val_repeat_bonus": fitted.bonus}
 
 
 # -- the loop --------------------------------------------------------------------------------------

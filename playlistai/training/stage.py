@@ -8,6 +8,7 @@ with a message that names the param.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,11 +22,13 @@ from playlistai.models import ModelConfig
 from playlistai.tracking import close_if_abandoned, files_hash, stage_run
 from playlistai.training.curves import plot_training_curves
 from playlistai.training.loop import TrainConfig
+from playlistai.training.neighbour_mix import NeighbourMix, mix_neighbours
 from playlistai.training.worker import BEST_DIR, find_state_dirs, peak_rss_mb, train_worker
 
 TRAINERS = ("ray", "local")
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 STATE_PATH_TAG = "train_state_path"
+FINAL_DIR = "checkpoint"          # under the run's storage directory: the checkpoint it logs
 
 
 @dataclass
@@ -62,6 +65,7 @@ class TrainParams:
     val_max_cases: int = 5000
     val_exclude_seen: bool = True
     fit_repeat_bonus: bool = True
+    neighbour_mix: bool = True
     storage_path: str = "outputs/train"
     progress: bool = True
 
@@ -192,6 +196,7 @@ class TrainOutcome:
     checkpoint_dir: Path          # the best model (product checkpoint layout)
     state_dir: Path               # the last epoch's resumable state
     wall_seconds: float
+    neighbour_mix: NeighbourMix | None = None
 
 
 def run_train_stage(
@@ -270,9 +275,19 @@ def run_train_stage(
             train_wall_seconds=wall,
             peak_rss_mb=max(peak_rss_mb(), summary.get("peak_rss_mb", 0.0)),
         )
+        # the product checkpoint: the best epoch's, with the neighbours mixed in when they help;
+        # the resumable state keeps the best epoch as training left it
+        checkpoint_dir = state_root / FINAL_DIR
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.copytree(last_state / BEST_DIR, checkpoint_dir)
+        mix = None
+        if params.neighbour_mix:
+            mix = mix_neighbours(checkpoint_dir, data_dir, exclude_seen=params.val_exclude_seen,
+                                 fit_bonus=params.fit_repeat_bonus, seed=params.seed)
+            final.update(mix.metrics())
         mlflow.log_metrics({k: float(v) for k, v in final.items()})
         mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "precision", "device") if k in summary})
-        mlflow.log_artifacts(str(last_state / BEST_DIR), artifact_path="checkpoint")
+        mlflow.log_artifacts(str(checkpoint_dir), artifact_path="checkpoint")
         if history:
             png = plot_training_curves(
                 history, state_root / "training_curves.png", title=f"{model_config.family} ({run_id[:8]})"
@@ -281,7 +296,8 @@ def run_train_stage(
     return TrainOutcome(
         run_id=run_id,
         summary=summary,
-        checkpoint_dir=last_state / BEST_DIR,
+        checkpoint_dir=checkpoint_dir,
         state_dir=last_state,
         wall_seconds=wall,
+        neighbour_mix=mix,
     )

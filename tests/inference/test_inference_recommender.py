@@ -158,3 +158,63 @@ def test_inference_repeat_bonus_lifts_history_tracks_on_both_paths(tiny_package,
         assert exact == want
         assert set(history[:k]) <= set(approx[: len(history)])   # found although FAISS knows no bonus
         assert not set(history) & {t for t, _ in lifted.recommend(tracks, k, hour, dow).items}
+
+
+@pytest.fixture(scope="module")
+def mixed_package(tiny_checkpoint, tiny_data_dir, tmp_path_factory):
+    """The tiny model with the training sessions' neighbours mixed in at a weight far above any
+    score gap, packaged like any model."""
+    from playlistai.models.checkpoint import load_checkpoint, save_checkpoint
+    from playlistai.models.neighbours import SessionNeighbours
+    from playlistai.registry.packaging import build_package
+
+    model, vocab, config = load_checkpoint(tiny_checkpoint)
+    train = encode_sessions(load_split(tiny_data_dir, "train"), vocab)
+    model.neighbours = SessionNeighbours.fit(train.items, vocab.size)
+    model.neighbour_weight.fill_(50.0)
+    checkpoint = save_checkpoint(tmp_path_factory.mktemp("mixed-ckpt"), model, vocab)
+    out = tmp_path_factory.mktemp("mixed-package")
+    build_package(checkpoint, tiny_data_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_inference_neighbour_votes_rank_as_the_model_on_both_paths(mixed_package, test_requests, exclude_seen):
+    mixed = Recommender.from_directory(mixed_package)
+    assert mixed.model.mixes_neighbours
+    vocab, k = mixed.vocab, 20
+    for tracks, hour, dow in test_requests[:10]:
+        ids = torch.as_tensor(np.asarray(vocab.encode(tracks)))
+        ids = ids[ids > 0][-mixed.max_seq_len:][None]
+        scores = mixed.model.score_batch(ids, torch.tensor([hour]), torch.tensor([dow]))[0]
+        if exclude_seen:
+            scores[ids[0]] = float("-inf")
+        want = [vocab.track_ids[i - 1] for i in torch.topk(scores, k).indices.tolist()]
+        exact = [t for t, _ in mixed.recommend(tracks, k, hour, dow, exclude_seen=exclude_seen).items]
+        assert exact == want
+        # the voted tracks lead (weight 50), and FAISS, which knows no votes, still finds them all
+        voted = mixed._neighbour_votes([ids[0].numpy()], [ids[0].numpy() if exclude_seen else np.zeros(0, np.int64)])
+        lead = min(k, len(voted[0][0]))
+        approx = [t for t, _ in mixed.recommend(tracks, k, hour, dow, exclude_seen=exclude_seen, use_ann=True,
+                                                cand_topk=k).items]
+        assert lead > 0 and approx[:lead] == exact[:lead]
+
+
+def test_inference_package_seals_the_neighbours_and_refuses_an_unsealed_file(mixed_package, tiny_package, tmp_path):
+    import json
+    import shutil
+
+    from playlistai.inference.package import ModelPackageError
+
+    manifest = json.loads((mixed_package / "manifest.json").read_text())
+    assert "neighbours.npz" in manifest["files"]
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_package, plain)
+    shutil.copyfile(mixed_package / "neighbours.npz", plain / "neighbours.npz")   # slipped in after sealing
+    with pytest.raises(ModelPackageError, match="does not list neighbours.npz"):
+        Recommender.from_directory(plain)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(mixed_package, mixed)
+    (mixed / "neighbours.npz").unlink()
+    with pytest.raises(ModelPackageError, match="missing neighbours.npz"):
+        Recommender.from_directory(mixed)

@@ -62,3 +62,37 @@ def test_vocabulary_must_match_the_model(saved, tmp_path):
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="vocab_size=11"):
         load_checkpoint(directory)
+
+
+def _with_neighbours(model):
+    from playlistai.models.neighbours import SessionNeighbours
+
+    sessions = [np.array([1, 2, 3]), np.array([2, 4]), np.array([3, 5, 6, 1]), np.array([7, 8, 9])]
+    model.neighbours = SessionNeighbours.fit(sessions, model.config.vocab_size, k=2)
+    model.neighbour_weight.fill_(1.5)
+    return model
+
+
+def test_a_model_with_neighbours_round_trips_with_the_same_scores(tmp_path):
+    torch.manual_seed(0)
+    model = _with_neighbours(build_model(ModelConfig(family="sasrec", vocab_size=10, d_model=8, n_layers=1,
+                                                     max_seq_len=4)).eval())
+    hist, h, d = torch.tensor([[0, 0, 1, 2], [0, 0, 0, 7]]), torch.tensor([5, 1]), torch.tensor([2, 0])
+    mixed = model.score_batch(hist, h, d)
+    plain = model.score_batch(hist, h, d, with_score_terms=False)
+    assert not torch.equal(mixed, plain)                       # the votes move some scores
+    save_checkpoint(tmp_path / "ckpt", model, _vocab())
+    loaded, _, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.mixes_neighbours and float(loaded.neighbour_weight) == 1.5
+    torch.testing.assert_close(loaded.score_batch(hist, h, d), mixed)
+    # saved again without neighbours, the stale file goes: the checkpoint scores as it says
+    loaded.neighbours = None
+    save_checkpoint(tmp_path / "ckpt", loaded, _vocab())
+    assert not (tmp_path / "ckpt" / "neighbours.npz").exists()
+
+
+def test_a_corrupt_neighbours_file_is_named(saved):
+    directory, model = saved
+    (directory / "neighbours.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match=r"neighbours\.npz"):
+        load_checkpoint(directory)

@@ -99,6 +99,13 @@ def test_local_run_logs_params_curves_and_a_loadable_checkpoint(tiny_data_dir, t
     assert config["model_config"]["family"] == "gru4rec" and config["data_hash"] == tags["data_hash"]
     assert model.score_batch(torch.tensor([[0, 1, 2]]), torch.tensor([3]), torch.tensor([1])).shape == (1, vocab.size)
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/training_curves.png"]
+    # the neighbour mix was fitted after training; the checkpoint holds the neighbours iff it kept them
+    metrics = run.data.metrics
+    assert metrics["mix_fit_cases"] > 0 and "mix_val_ndcg_at_10" in metrics
+    assert metrics["mix_val_ndcg_at_10"] >= metrics["best_val_ndcg_at_10"] - 0.05   # fitted on more cases
+    assert model.mixes_neighbours == (metrics["neighbour_weight"] > 0)
+    assert float(model.neighbour_weight) == pytest.approx(metrics["neighbour_weight"])
+    assert "session neighbours" in output
 
 
 @pytest.mark.usefixtures("one_thread")

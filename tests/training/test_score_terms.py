@@ -1,5 +1,5 @@
-"""The repeat bonus: ranks from the kept evidence match a full re-scoring, validation fits it,
-scoring and old checkpoints honour it."""
+"""The score terms (repeat bonus, neighbours' votes): ranks from the kept evidence match a full
+re-scoring, validation fits them, scoring and old checkpoints honour them."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from playlistai.evaluation import metrics as M
 from playlistai.evaluation.evaluator import evaluate_next_track, pessimistic_ranks
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.base import add_repeat_bonus
+from playlistai.models.neighbours import SessionNeighbours
 from playlistai.training.loop import TrainConfig, validate
-from playlistai.training.repeat_bonus import collect_evidence
+from playlistai.training.score_terms import collect_evidence, fit_terms
 
 V, L = 300, 8
 
@@ -44,7 +45,7 @@ def _cases(n: int, repeat_share: float, seed: int = 1) -> NextTrackCases:
 def _brute_force_ranks(model, cases, bonus, max_k):
     with torch.no_grad():
         scores = model.score_batch(torch.as_tensor(cases.histories), torch.as_tensor(cases.hours),
-                                   torch.as_tensor(cases.dows), with_repeat_bonus=False)
+                                   torch.as_tensor(cases.dows), with_score_terms=False)
         add_repeat_bonus(scores, torch.as_tensor(cases.histories), bonus)
         scores[:, 0] = float("-inf")
         ranks = pessimistic_ranks(scores, torch.as_tensor(cases.targets)).numpy()
@@ -56,7 +57,7 @@ def _brute_force_ranks(model, cases, bonus, max_k):
 def test_ranks_from_evidence_equal_a_full_rescoring(max_k):
     model, cases = _model(), _cases(200, repeat_share=0.5)
     evidence = collect_evidence(model, cases, max_k=max_k, batch_size=64)
-    spread = float(np.mean(evidence.top_scores[:, 0] - evidence.top_scores[:, min(max_k, V - 1) - 1]))
+    spread = evidence.gap_sum / len(evidence)
     for bonus in [0.0, 0.1 * spread, spread, 5 * spread, 1e6]:
         want = _brute_force_ranks(model, cases, bonus, max_k)
         np.testing.assert_array_equal(evidence.ranks(bonus), want)
@@ -107,3 +108,61 @@ def test_scores_carry_the_bonus_once_per_history_track_and_old_checkpoints_load_
     old.load_state_dict(state)
     assert float(old.repeat_bonus) == 0.0
     torch.testing.assert_close(old.score_batch(hist, hours, dows), raw)
+
+
+def _neighbours(cases: NextTrackCases, informative: bool, seed: int = 2) -> SessionNeighbours:
+    """Training sessions over the same tracks: with `informative`, one per case holds the case's
+    last track together with its target (what the neighbours' votes can find)."""
+    rng = np.random.default_rng(seed)
+    sessions = [rng.integers(1, V, size=rng.integers(2, 6)) for _ in range(300)]
+    if informative:
+        for hist, target in zip(cases.histories, cases.targets, strict=True):
+            sessions.append(np.asarray([hist[-1], target, rng.integers(1, V)]))
+    return SessionNeighbours.fit(sessions, V, k=10, recent_items=3)
+
+
+def _brute_force_mixed_ranks(model, cases, neighbours, bonus, weight, max_k, exclude_seen):
+    hist = torch.as_tensor(cases.histories)
+    with torch.no_grad():
+        scores = model.score_batch(hist, torch.as_tensor(cases.hours), torch.as_tensor(cases.dows),
+                                   with_score_terms=False)
+        add_repeat_bonus(scores, hist, bonus)
+        scores += weight * neighbours.scaled_votes(hist)
+        scores[:, 0] = float("-inf")
+        if exclude_seen:
+            scores.scatter_(1, hist, float("-inf"))
+        ranks = pessimistic_ranks(scores, torch.as_tensor(cases.targets)).numpy()
+    ranks[ranks > max_k] = M.UNREACHABLE
+    return ranks
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("max_k", [5, 20, V])
+def test_ranks_with_neighbours_equal_a_full_rescoring(max_k, exclude_seen):
+    model, cases = _model(), _cases(200, repeat_share=0.4)
+    neighbours = _neighbours(cases, informative=True)
+    evidence = collect_evidence(model, cases, max_k=max_k, batch_size=64, neighbours=neighbours,
+                                exclude_seen=exclude_seen)
+    assert evidence.support_scores.shape[1] > L      # the votes reach beyond the history
+    spread = evidence.gap_sum / len(evidence)
+    for bonus in [0.0, spread, 1e6]:
+        for weight in [0.0, 0.3 * spread, spread, 4 * spread, 1e6]:
+            want = _brute_force_mixed_ranks(model, cases, neighbours, 0.0 if exclude_seen else bonus, weight,
+                                            max_k, exclude_seen)
+            np.testing.assert_array_equal(evidence.ranks(0.0 if exclude_seen else bonus, weight), want)
+
+
+def test_the_fit_weighs_informative_neighbours_and_ignores_noise():
+    from playlistai.training.score_terms import WEIGHT_MULTIPLES
+
+    model, cases = _model(), _cases(400, repeat_share=0.2)
+    keys = ["recall_at_20", "ndcg_at_10", "mrr_at_20"]
+    fits, alone = {}, {}
+    for informative in (True, False):
+        evidence = collect_evidence(model, cases, max_k=20, neighbours=_neighbours(cases, informative))
+        fits[informative] = fit_terms(evidence, keys, (10, 20), "ndcg_at_10", weight_multiples=WEIGHT_MULTIPLES)
+        alone[informative] = fit_terms(evidence, keys, (10, 20), "ndcg_at_10")   # the bonus without votes
+        assert fits[informative].metrics["ndcg_at_10"] >= alone[informative].metrics["ndcg_at_10"]
+    assert fits[True].weight > 0
+    assert fits[True].metrics["ndcg_at_10"] > alone[True].metrics["ndcg_at_10"] + 0.01
+    assert fits[True].metrics["ndcg_at_10"] > fits[False].metrics["ndcg_at_10"] + 0.01
