@@ -19,6 +19,7 @@ from playlistai.config import Settings, get_settings
 from playlistai.data.layout import SPLITS, DataLayout
 from playlistai.data.sequences import load_vocab
 from playlistai.models import ModelConfig
+from playlistai.params import StageParams, in_mlproject, param
 from playlistai.tracking import close_if_abandoned, files_hash, stage_run
 from playlistai.training.curves import plot_training_curves
 from playlistai.training.loop import TrainConfig
@@ -32,54 +33,44 @@ FINAL_DIR = "checkpoint"          # under the run's storage directory: the check
 
 
 @dataclass
-class TrainParams:
+class TrainParams(StageParams):
     """The `train` entry point's params (MLproject), with the defaults `make demo` relies on."""
 
-    model: str = "sasrec"
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    max_seq_len: int = 50
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    loss: str = "auto"
-    num_negatives: int = 2048
-    label_smoothing: float = 0.1
-    ce_chunk_mb: float = 256.0
-    precision: str = "auto"
-    max_minutes: float = 0.0
-    anneal_to_budget: bool = True
-    epoch_windows: int = 0
-    use_context: bool = True
-    cosine_scale: float = 16.0
-    num_workers: int = 2
-    trainer: str = "ray"
-    seed: int = 42
-    patience: int = 2
-    plateau_lr_factor: float = 0.5
-    data_dir: str = "data"
-    resume_from: str = ""
-    val_max_cases: int = 5000
-    val_exclude_seen: bool = True
-    fit_repeat_bonus: bool = True
-    neighbour_mix: bool = True
-    storage_path: str = "outputs/train"
-    progress: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, **overrides) -> TrainParams:
-        settings = settings or get_settings()
-        base = dict(
-            model=settings.model_family,
-            d_model=settings.MODEL_D,
-            max_seq_len=settings.MAX_SEQ_LEN,
-            label_smoothing=settings.LOSS_LABEL_SMOOTH,
-            data_dir=settings.DATA_DIR,
-        )
-        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+    model: str = param("sasrec", "sasrec | gru4rec (transformer = sasrec); defaults to MODEL_NAME",
+                       setting="model_family")
+    d_model: int = param(128, "defaults to MODEL_D", setting="MODEL_D")
+    n_layers: int = param(2)
+    n_heads: int = param(2, "SASRec attention heads; must divide d_model")
+    dropout: float = param(0.2)
+    max_seq_len: int = param(50, "defaults to MAX_SEQ_LEN", setting="MAX_SEQ_LEN")
+    epochs: int = param(200, "a cap: runs end by early stopping or max_minutes")
+    batch_size: int = param(256, "global batch, split across Ray workers")
+    lr: float = param(2e-3)
+    weight_decay: float = param(0.01)
+    loss: str = param("auto", "auto (by catalog size) | ce (full softmax, chunked) | sampled (sampled softmax, "
+                      "log-Q corrected)")
+    num_negatives: int = param(2048, "negatives per batch for loss=sampled")
+    label_smoothing: float = param(0.1, "defaults to LOSS_LABEL_SMOOTH", setting="LOSS_LABEL_SMOOTH")
+    ce_chunk_mb: float = param(256.0, "loss=ce: MB of logits held at once (bounds peak memory)")
+    precision: str = param("auto", "auto (bf16 where the hardware has it) | bf16 | fp32")
+    max_minutes: float = param(0.0, "stop before an epoch that would end past this many minutes; 0 = none")
+    anneal_to_budget: bool = param(True, "with max_minutes, decay the lr linearly to 0 as the budget ends")
+    epoch_windows: int = param(0, "training windows sampled per epoch (validate that often); 0 = all")
+    use_context: bool = param(True, "mix the hour and weekday of the next play in")
+    cosine_scale: float = param(16.0, "score by cosine similarity x this; 0 = inner product")
+    num_workers: int = param(2, "Ray Train workers")
+    trainer: str = param("ray", "ray | local (in-process, no Ray)")
+    seed: int = param(42)
+    patience: int = param(2, "epochs without val_ndcg_at_10 gain before stopping; 0 = never")
+    plateau_lr_factor: float = param(0.5, "lr multiplier after an epoch without val gain; 1 = off")
+    data_dir: str = param("data", "defaults to DATA_DIR", setting="DATA_DIR")
+    resume_from: str = param("", "state directory, run storage directory or MLflow run id")
+    val_max_cases: int = param(5000, "per-epoch validation subset size; 0 = all")
+    val_exclude_seen: bool = param(True, "validate without the tracks of the history (false: repeats allowed)")
+    fit_repeat_bonus: bool = param(True, "with repeats allowed, fit the repeat bonus on validation")
+    neighbour_mix: bool = param(True, "after training, mix session neighbours' votes in when validation gains")
+    storage_path: str = param("outputs/train", "where epoch states and Ray checkpoints go")
+    progress: bool = param(True, "progress bar per epoch", mlproject=False)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -217,7 +208,7 @@ def run_train_stage(
     model_config = params.model_config(vocab.size)
     train_config = params.train_config()
     data_hash = files_hash(data_files(data_dir))
-    logged = {f.name: getattr(params, f.name) for f in fields(params) if f.name != "progress"}
+    logged = {f.name: getattr(params, f.name) for f in fields(params) if in_mlproject(f)}
     logged.update(log_params or {})
     tags = {"model_family": model_config.family, "data_hash": data_hash, "trainer": params.trainer}
 
