@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -28,7 +29,60 @@ from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
 from playlistai.data.splits import make_splits, unknown_share
 from playlistai.files import atomic_dir, write_json, write_parquet
+from playlistai.params import StageParams, param
 from playlistai.tracking import file_hash, files_hash
+
+COLUMNS = ("user_col", "track_col", "ts_col", "artist_col", "genre_col")
+
+
+@dataclass
+class DataParams(StageParams):
+    """The `data` entry point's params (MLproject)."""
+
+    source: str = param("synthetic", "'synthetic' or the path of a log file")
+    format: str = param("auto", "auto | csv | tsv | parquet | lastfm1k (CSV and TSV may be .gz)")
+    size: str = param("default", "synthetic size: tiny | default | large")
+    seed: int = param(42, minimum=0)
+    # not Settings-backed: "" is DATA_DIR for the synthetic data but a folder of its own for a file
+    data_dir: str = param("", "defaults to DATA_DIR")
+    user_col: str = param("user_id")
+    track_col: str = param("track_id")
+    ts_col: str = param("ts")
+    artist_col: str = param("artist_id")
+    genre_col: str = param("genre")
+    time_unit: str = param("auto", "auto | s | ms | iso")
+    time_min: str = param(DEFAULT_TIME_MIN, "earliest plausible time: an ISO-8601 date or time (UTC unless it has "
+                          "an offset), 'now' or 'now-Nd'")
+    time_max: str = param(DEFAULT_TIME_MAX, "latest plausible time, as time_min ('now+1d': a day ahead)")
+    max_id_length: int = param(DEFAULT_MAX_ID_LENGTH, "longest user, track, artist or genre id (characters)",
+                               minimum=1)
+
+    def columns(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+@dataclass
+class PreprocessParams(StageParams):
+    """The `preprocess` entry point's params (MLproject)."""
+
+    data_dir: str = param("data", "defaults to DATA_DIR", setting="DATA_DIR")
+    session_gap_min: float = param(45.0, "defaults to SESSION_GAP_MIN", setting="SESSION_GAP_MIN")
+    min_session_len: int = param(2, minimum=1)
+    collapse_repeats: bool = param(False)
+    timezone: str = param("UTC", "defaults to TIMEZONE (UTC)", setting="TIMEZONE")
+
+
+@dataclass
+class SplitsParams(StageParams):
+    """The `splits` entry point's params (MLproject)."""
+
+    data_dir: str = param("data", "defaults to DATA_DIR", setting="DATA_DIR")
+    strategy: str = param("temporal", "temporal | leave_one_out")
+    val_frac: float = param(0.1)
+    test_frac: float = param(0.1)
+    vocab_min_freq: int = param(5, "defaults to VOCAB_MIN_FREQ", setting="VOCAB_MIN_FREQ", minimum=1)
+    max_seq_len: int = param(50, "defaults to MAX_SEQ_LEN", setting="MAX_SEQ_LEN", minimum=2)
+    vocab_scope: str = param("train", "train | train_val: the splits whose tracks get an index")
 
 
 def _log_dataset(frame: pd.DataFrame, path: Path, name: str, context: str) -> str:
