@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import typer
 
-from entrypoints.common import after_training, as_bool, as_int, cli_errors, echo_next, require_splits
+from entrypoints.common import after_training, cli_errors, echo_next, require_splits
+from entrypoints.params import Received, options, parse
 from playlistai.config import get_settings
-from playlistai.evaluation.stage import check_split, parse_baselines, parse_ks, run_evaluate
+from playlistai.evaluation.stage import EvaluateParams, check_split, parse_baselines, parse_ks, run_evaluate
 from playlistai.tracking import run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(
-    model_uri: str = typer.Option(
-        "", help="checkpoint dir, runs:/<id>/checkpoint or models:/... (comma-separated for several); empty = baselines only"
-    ),
-    split: str = typer.Option("test", help="val | test (train only with --allow-train-split true)"),
-    ks: str = typer.Option("10,20", help="cut-offs, comma-separated (10 and 20 are always reported)"),
-    exclude_seen: str = typer.Option("true", help="exclude tracks of the input from the ranking"),
-    baselines: str = typer.Option("true", help="true | false | comma-separated names"),
-    data_dir: str = typer.Option(None, help="defaults to DATA_DIR"),
-    allow_train_split: str = typer.Option("false", help="allow evaluating on the training split"),
-    max_seq_len: str = typer.Option("0", help="0 = the model's, else the splits stage's"),
-    n_resamples: str = typer.Option("1000", help="bootstrap resamples"),
-    seed: str = typer.Option("0"),
-    batch_size: str = typer.Option("512"),
-) -> None:
+@options(EvaluateParams)
+def main(received: Received) -> None:
     with cli_errors("evaluate"):
         settings = get_settings()
-        params = dict(
-            data_dir=data_dir or settings.DATA_DIR,
-            model_uri=model_uri.strip(),
-            split=split.strip(),
-            ks=parse_ks(ks),
-            exclude_seen=as_bool(exclude_seen, "exclude_seen"),
-            baselines=parse_baselines(baselines),
-            allow_train_split=as_bool(allow_train_split, "allow_train_split"),
-            max_seq_len=as_int(max_seq_len, "max_seq_len", minimum=0) or None,
-            n_resamples=as_int(n_resamples, "n_resamples", minimum=10),
-            seed=as_int(seed, "seed", minimum=0),
-            batch_size=as_int(batch_size, "batch_size", minimum=1),
-        )
+        p = parse(EvaluateParams, received, settings)
+        params = {**asdict(p), "model_uri": p.model_uri.strip(), "split": p.split.strip(), "ks": parse_ks(p.ks),
+                  "baselines": parse_baselines(p.baselines), "max_seq_len": p.max_seq_len or None}
         # refused before any run is opened: a leaking evaluation should leave no trace to misread
         check_split(params["split"], params["allow_train_split"])
         require_splits(params["data_dir"])

@@ -15,7 +15,9 @@ import yaml
 from entrypoints.params import as_received, as_string, parse
 from playlistai.config import Settings, load_settings
 from playlistai.data.stages import DataParams, PreprocessParams, SplitsParams
+from playlistai.evaluation.stage import EvaluateParams
 from playlistai.params import in_mlproject, setting_of
+from playlistai.registry.stage import RegisterParams
 from playlistai.training.stage import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +28,8 @@ PARAMS = {
     "preprocess": PreprocessParams,
     "splits": SplitsParams,
     "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "register": RegisterParams,
 }
 # Settings-backed params whose MLproject default is the setting's default rather than "": under
 # `mlflow run` the setting does not apply to them (the README says so)

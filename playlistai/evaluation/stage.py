@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -37,6 +38,7 @@ from playlistai.evaluation.evaluator import (
 )
 from playlistai.evaluation.oracle import load_world, oracle_for_cases
 from playlistai.model_ref import ModelRef
+from playlistai.params import StageParams, param
 
 ORACLE = "oracle"
 # the metrics with bootstrap intervals and paired comparisons: the list's coverage, its top, and
@@ -186,6 +188,25 @@ def row_metric_keys(row: dict, split: str) -> dict[str, float]:
 
 
 # -- the stage ------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluateParams(StageParams):
+    """The `evaluate` entry point's params (MLproject); `ks` and `baselines` as written, for parse_ks and
+    parse_baselines."""
+
+    model_uri: str = param("", "checkpoint dir, runs:/<id>/checkpoint or models:/... (comma-separated for "
+                           "several); empty = baselines only")
+    split: str = param("test", "val | test (train only with --allow-train-split true)")
+    ks: str = param("10,20", "cut-offs, comma-separated (10 and 20 are always reported)")
+    exclude_seen: bool = param(True, "exclude tracks of the input from the ranking")
+    baselines: str = param("true", "true | false | comma-separated names")
+    data_dir: str = param("data", "defaults to DATA_DIR", setting="DATA_DIR")
+    allow_train_split: bool = param(False, "allow evaluating on the training split")
+    max_seq_len: int = param(0, "0 = the model's, else the splits stage's", minimum=0)
+    n_resamples: int = param(DEFAULT_RESAMPLES, "bootstrap resamples", minimum=10)
+    seed: int = param(0, minimum=0)
+    batch_size: int = param(512, minimum=1)
 
 
 def run_evaluate(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,7 @@ from playlistai.config import get_settings
 from playlistai.data.layout import DataLayout
 from playlistai.model_ref import ModelRef
 from playlistai.models.checkpoint import find_checkpoint_dir
+from playlistai.params import StageParams, param
 from playlistai.registry import promotion
 from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
@@ -31,6 +33,22 @@ from playlistai.registry.pyfunc import load_recommender, log_package_model
 from playlistai.tracking import files_hash, git_commit
 
 CHECKPOINT_ARTIFACT = "checkpoint"          # where a training run logs its checkpoint
+
+
+@dataclass
+class RegisterParams(StageParams):
+    """The `register` entry point's params (MLproject)."""
+
+    run_id: str = param("", "training run whose checkpoint/ artifact becomes a new version")
+    model_uri: str = param("", "instead of run_id: a checkpoint directory or artifact URI")
+    version: str = param("", "instead of run_id: an existing version to gate or roll back to")
+    promote: str = param("auto", "auto (gate decides) | force (move the alias) | never")
+    data_dir: str = param("data", "defaults to DATA_DIR; its test split is the gate's", setting="DATA_DIR")
+    n_resamples: int = param(1000, "bootstrap resamples of the gate", minimum=10)
+    confidence: float = param(0.95, "confidence of the gate's interval")
+    seed: int = param(0, minimum=0)
+    ann_index: str = param("auto", "auto | hnsw | ivf")
+    target_overlap: float = param(0.98, "FAISS top-20 vs exact top-20 overlap to tune for")
 
 
 def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
