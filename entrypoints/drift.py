@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import typer
 
-from entrypoints.common import as_int, cli_errors, echo_next
-from monitoring.drift_job import DriftJobConfig, push_warning, run_drift_job, summary_lines
+from entrypoints.common import cli_errors, echo_next
+from entrypoints.params import Received, options, parse
+from monitoring.drift_job import DriftJobConfig, DriftParams, push_warning, run_drift_job, summary_lines
 from playlistai.config import get_settings
 from playlistai.tracking import run_location, stage_run
 
@@ -16,21 +17,14 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(
-    model_uri: str = typer.Option("", help="reference model; defaults to models:/REGISTERED_MODEL_NAME@MODEL_ALIAS"),
-    current: str = typer.Option("stream", help="`stream` (the API's Redis stream) or a Parquet file of rows"),
-    window: str = typer.Option("0", help="latest requests to test; 0 = DRIFT_WINDOW"),
-    min_samples: str = typer.Option("0", help="fewer rows: not enough data; 0 = DRIFT_MIN_SAMPLES"),
-    p_val: float = typer.Option(0.0, help="family-wise false-alarm rate; 0 = DRIFT_P_VAL"),
-    pushgateway_url: str = typer.Option("", help="defaults to PUSHGATEWAY_URL"),
-) -> None:
+@options(DriftParams)
+def main(received: Received) -> None:
     with cli_errors("drift"):
         settings = get_settings()
+        p = parse(DriftParams, received, settings)
         config = DriftJobConfig.from_settings(
-            settings, model_uri=model_uri, current=current, pushgateway_url=pushgateway_url,
-            window=as_int(window, "window", minimum=0) or None,
-            min_samples=as_int(min_samples, "min_samples", minimum=0) or None,
-            p_val=p_val or None,
+            settings, model_uri=p.model_uri, current=p.current, pushgateway_url=p.pushgateway_url,
+            window=p.window or None, min_samples=p.min_samples or None, p_val=p.p_val or None,
         )
         params = {k: v for k, v in config.__dict__.items() if k != "redis_url"}
         with stage_run("drift", params, settings=settings) as run:

@@ -26,10 +26,24 @@ import pandas as pd
 from monitoring.drift import DriftResult, detect_drift
 from playlistai.inference.features import CATEGORICAL, DRIFT_FEATURE_NAMES, DRIFT_STATE_FIELD
 from playlistai.model_ref import ModelRef
+from playlistai.params import StageParams, param
 
 PUSH_JOB = "playlistai_drift"
 STREAM_SOURCE = "stream"
 REDIS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class DriftParams(StageParams):
+    """The `drift` entry point's params (MLproject); 0 and "" leave a value to Settings
+    (DriftJobConfig.from_settings)."""
+
+    model_uri: str = param("", "reference model; defaults to models:/REGISTERED_MODEL_NAME@MODEL_ALIAS")
+    current: str = param(STREAM_SOURCE, "`stream` (the API's Redis stream) or a Parquet file of rows")
+    window: int = param(0, "latest requests to test; 0 = DRIFT_WINDOW", minimum=0)
+    min_samples: int = param(0, "fewer rows: not enough data; 0 = DRIFT_MIN_SAMPLES", minimum=0)
+    p_val: float = param(0.0, "family-wise false-alarm rate; 0 = DRIFT_P_VAL")
+    pushgateway_url: str = param("", "defaults to PUSHGATEWAY_URL")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import ExecutionException
+
+from playlistai.params import StageParams, param
 
 SELECTION_METRIC = "test_ndcg_at_10"
 # the stages `main` runs see this in their environment (entrypoints.common.IN_PIPELINE_ENV): their next
@@ -28,6 +31,36 @@ MIN_TEST_SESSIONS = 100
 
 class PipelineError(RuntimeError):
     """A stage failed; the message names it and its run."""
+
+
+@dataclass
+class MainParams(StageParams):
+    """The `main` entry point's params (MLproject); 0, -1 and "" leave a value to the stage that takes it."""
+
+    size: str = param("default", "synthetic dataset size: tiny | default | large")
+    seed: int = param(42, minimum=0)
+    data_dir: str = param("", "defaults to DATA_DIR, or data/<file name> for a source file")
+    source: str = param("synthetic", "'synthetic' or the path of a log file (the data stage's source)")
+    format: str = param("auto", "auto | csv | tsv | parquet | lastfm1k (a source file's format)")
+    user_col: str = param("user_id")
+    track_col: str = param("track_id")
+    ts_col: str = param("ts")
+    artist_col: str = param("artist_id")
+    genre_col: str = param("genre")
+    time_unit: str = param("auto", "auto | s | ms | iso")
+    models: str = param("sasrec,gru4rec", "models to train, comma-separated; the best is registered")
+    epochs: int = param(0, "0 = the train stage's default", minimum=0)
+    num_workers: int = param(0, "Ray Train workers; 0 = the train stage's default", minimum=0)
+    trainer: str = param("", "ray | local; empty = the train stage's default")
+    d_model: int = param(0, "0 = the train stage's default (MODEL_D)", minimum=0)
+    batch_size: int = param(0, "0 = the train stage's default", minimum=0)
+    patience: int = param(-1, "-1 = the train stage's default", minimum=-1)
+    baselines: bool = param(True, "evaluate the baselines beside the models")
+    promote: str = param("auto", "auto | force | never (the register stage's gate)")
+    n_resamples: int = param(1000, "bootstrap resamples (evaluation and gate)", minimum=10)
+
+    def columns(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in ("user_col", "track_col", "ts_col", "artist_col", "genre_col")}
 
 
 def parse_models(value: str | Sequence[str]) -> list[str]:

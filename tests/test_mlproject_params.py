@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from entrypoints.params import as_received, as_string, parse
+from monitoring.drift_job import DriftParams
 from playlistai.config import Settings, load_settings
 from playlistai.data.stages import DataParams, PreprocessParams, SplitsParams
 from playlistai.evaluation.stage import EvaluateParams
 from playlistai.params import in_mlproject, setting_of
+from playlistai.pipeline import MainParams
 from playlistai.registry.stage import RegisterParams
 from playlistai.training.stage import TrainParams
 
@@ -30,12 +32,18 @@ PARAMS = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "register": RegisterParams,
+    "main": MainParams,
+    "drift": DriftParams,
 }
 # Settings-backed params whose MLproject default is the setting's default rather than "": under
 # `mlflow run` the setting does not apply to them (the README says so)
 PINNED = {
     ("preprocess", "session_gap_min"),   # the run's param is the gap used (tests/integration)
 }
+
+
+def test_every_entry_point_has_a_params_dataclass():
+    assert set(PROJECT) == set(PARAMS)
 
 
 def declared(entry: str) -> dict:
