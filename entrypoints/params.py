@@ -50,9 +50,9 @@ def read(value: str, kind: type, f: Field) -> Any:
     return value
 
 
-def not_given(f: Field, value: str | None) -> bool:
-    """Omitted, or empty where Settings supply the value."""
-    return value is None or (value == "" and setting_of(f) is not None)
+def is_given(f: Field, value: str | None) -> bool:
+    """Neither omitted nor, where Settings supply the value, empty."""
+    return value is not None and not (value == "" and setting_of(f) is not None)
 
 
 def options(cls: type) -> Callable[[Callable[[Received], Any]], Callable[..., Any]]:
@@ -64,7 +64,7 @@ def options(cls: type) -> Callable[[Callable[[Received], Any]], Callable[..., An
             return fn(received)
 
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
-        command.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature([
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=str,
                               default=typer.Option(None if setting_of(f) else as_string(f.default),
                                                    help=f.metadata.get(HELP) or None))
@@ -80,7 +80,7 @@ def parse(cls: type, received: Received, settings: Settings) -> Any:
     were omitted or empty."""
     types = get_type_hints(cls)
     given = {f.name: read(received[f.name], types[f.name], f) for f in fields(cls)
-             if not not_given(f, received.get(f.name))}
+             if is_given(f, received.get(f.name))}
     return cls.from_settings(settings, **given)
 
 
@@ -89,4 +89,4 @@ def as_received(cls: type, received: Received) -> dict[str, str]:
     logs these never logs a param twice with another spelling. Settings-backed params left to
     Settings are not among them: the stage logs the values it took."""
     return {f.name: received[f.name] for f in fields(cls)
-            if in_mlproject(f) and not not_given(f, received.get(f.name))}
+            if in_mlproject(f) and is_given(f, received.get(f.name))}
