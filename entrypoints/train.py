@@ -33,13 +33,6 @@ def main(received: Received) -> None:
             raise
         outcome = run_train_stage(params, log_params=as_received(TrainParams, received), settings=settings)
         best = outcome.summary.get("best_metrics", {})
-        mix = outcome.neighbour_mix
-        if mix is not None:
-            typer.echo(
-                f"train: session neighbours {'mixed in' if mix.kept else 'not mixed in (no validation gain)'}: "
-                f"val_ndcg_at_10 {mix.before.get('ndcg_at_10', float('nan')):.4f} -> {mix.after.get('ndcg_at_10', float('nan')):.4f} "
-                f"on {mix.cases:,} val cases (weight {mix.weight:.3g}, repeat bonus {mix.repeat_bonus:.3g})"
-            )
         typer.echo(
             f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "
             f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "
@@ -47,6 +40,8 @@ def main(received: Received) -> None:
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
             f"in {outcome.wall_seconds:,.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
         )
+        if outcome.neighbour_mix is not None:
+            typer.echo(f"  {outcome.neighbour_mix.describe()}")
         echo_next(*after_training(outcome.run_id, params.data_dir, settings.DATA_DIR))
 
 

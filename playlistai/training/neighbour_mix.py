@@ -36,6 +36,15 @@ class NeighbourMix:
     sessions: int
     seconds: float
 
+    def describe(self) -> str:
+        """One line for the person who ran the training."""
+        verdict = "mixed in" if self.kept else "not mixed in (no validation gain)"
+        return (
+            f"session neighbours {verdict}: val_ndcg_at_10 {self.before.get('ndcg_at_10', float('nan')):.4f} -> "
+            f"{self.after.get('ndcg_at_10', float('nan')):.4f} on {self.cases:,} val cases "
+            f"(weight {self.weight if self.kept else 0.0:.3g}, repeat bonus {self.repeat_bonus:.3g})"
+        )
+
     def metrics(self) -> dict[str, float]:
         """What the train stage logs: `mix_*` beside the training's own `best_val_*`."""
         out = {"neighbour_weight": self.weight if self.kept else 0.0, "mix_repeat_bonus": self.repeat_bonus,
