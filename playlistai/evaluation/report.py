@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,11 +64,11 @@ def report_to_json(report: dict) -> str:
     return json.dumps(_finite(report), indent=2, sort_keys=True)
 
 
-def goal_checks(row: dict) -> list[dict]:
-    """Each seed goal for one row: value, threshold, met (None where the metric is missing)."""
+def goal_checks(metrics: Mapping[str, float]) -> list[dict]:
+    """Each seed goal for one row's metrics: value, threshold, met (None where the metric is missing)."""
     out = []
     for key, op, threshold in SEED_GOALS:
-        value = row["metrics"].get(key)
+        value = metrics.get(key)
         met = None
         if value is not None and math.isfinite(value):
             met = value >= threshold if op == ">=" else value <= threshold

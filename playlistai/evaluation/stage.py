@@ -1,9 +1,10 @@
 """The `evaluate` stage: a model (optional), the baselines and the oracle on one split, one report.
 
-`run_evaluate` expects an active MLflow run (the entry point opens it with `stage_run`). It logs
-one nested child run per scorer with the same split-prefixed keys (`test_recall_at_20`, ...), so
-the MLflow UI compares model, baselines and oracle side by side; the parent run gets the model's
-keys, the oracle's (`test_oracle_*`), the report (JSON, Markdown) and the figures.
+`compute_evaluation` scores them and returns an `EvaluationReport`, without touching MLflow;
+`log_report` logs it into the active run (the entry point opens it with `stage_run`): one nested
+child run per scorer with the same split-prefixed keys (`test_recall_at_20`, ...), so the MLflow
+UI compares model, baselines and oracle side by side; the parent run gets the model's keys, the
+oracle's (`test_oracle_*`), the report (JSON, Markdown) and the figures.
 
 Leakage guard: evaluating on the training split is refused unless `allow_train_split` says so,
 because every number it gives is inflated by memorisation and would be mistaken for quality.
@@ -15,14 +16,21 @@ import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 import numpy as np
 
 from playlistai.data.layout import SPLITS, DataLayout
-from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases
+from playlistai.data.sequences import (
+    NextTrackCases,
+    encode_sessions,
+    load_split,
+    load_vocab,
+    next_track_cases,
+)
 from playlistai.data.vocab import Vocabulary
 from playlistai.evaluation import report as R
 from playlistai.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
@@ -41,6 +49,7 @@ from playlistai.model_ref import ModelRef
 from playlistai.params import StageParams, param
 
 ORACLE = "oracle"
+ScorerKind = Literal["model", "baseline", "oracle"]
 # the metrics with bootstrap intervals and paired comparisons: the list's coverage, its top, and
 # how soon the first hit comes (MRR is what session-recommendation papers report beside P@20)
 PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}", f"mrr_at_{DESIGN_RECALL_K}")
@@ -171,19 +180,99 @@ def context_ablation(
     return out
 
 
-def row_metric_keys(row: dict, split: str) -> dict[str, float]:
+# -- what the evaluation returns ------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ScorerRow:
+    """One scorer's line of the report; `as_dict` is its form in report.json."""
+
+    name: str
+    kind: ScorerKind
+    metrics: dict[str, float]                   # unprefixed; with `*_oracle_ratio` when the oracle ran
+    ci: dict[str, dict]                         # PRIMARY metric -> bootstrap interval
+    seconds: float
+    cases_per_second: float
+    # whether the (hour, dow) context can move the scores: every model (for a context-free one the
+    # ablation is the check that it ignores it) and a baseline that reads it (Baseline.uses_context);
+    # for any other scorer shuffling the context changes nothing, so it is not measured
+    ablate_context: bool = False
+    context: dict[str, dict] | None = None      # the context ablation: true, shuffled, lift...
+    oracle: dict[str, float] | None = None      # the oracle's accuracy keys
+    goals: list[dict] | None = None             # model rows: the seed goals
+    beats_every_baseline: dict[str, bool | None] | None = None   # model rows
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "kind": self.kind, "metrics": self.metrics, "ci": self.ci,
+               "seconds": self.seconds, "cases_per_second": self.cases_per_second}
+        for key in ("context", "oracle", "goals", "beats_every_baseline"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(kw_only=True)
+class EvaluationReport:
+    """What `compute_evaluation` found. `as_dict` is report.json (and report.md's input); the fields
+    after `seconds` are what `log_report` needs besides: per-case values and the figures' inputs."""
+
+    split: str
+    exclude_seen: bool
+    ks: tuple[int, ...]
+    max_seq_len: int
+    num_cases: int
+    num_sessions: int
+    num_continuation_cases: int
+    catalog_size: int
+    repeat_target_share: float
+    unknown_event_share: float
+    n_resamples: int
+    models: dict[str, dict]                     # row name -> model_uri, max_seq_len (checkpoints only)
+    rows: list[ScorerRow]
+    comparisons: list[dict]                     # paired bootstrap: model vs each baseline and other model
+    seconds: float
+    evaluations: dict[str, ScorerEvaluation] = field(repr=False)
+    cases: NextTrackCases = field(repr=False)
+    session_ids: np.ndarray = field(repr=False)     # of the split's sessions, by EncodedSessions row
+    vocab: Vocabulary = field(repr=False)
+
+    def rows_of(self, kind: ScorerKind) -> list[ScorerRow]:
+        return [row for row in self.rows if row.kind == kind]
+
+    def as_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "exclude_seen": self.exclude_seen,
+            "other_setting_suffix": R.other_suffix(self.exclude_seen),
+            "ks": list(self.ks),
+            "max_seq_len": self.max_seq_len,
+            "num_cases": self.num_cases,
+            "num_sessions": self.num_sessions,
+            "num_continuation_cases": self.num_continuation_cases,
+            "catalog_size": self.catalog_size,
+            "repeat_target_share": self.repeat_target_share,
+            "unknown_event_share": self.unknown_event_share,
+            "n_resamples": self.n_resamples,
+            "models": self.models,
+            "rows": [row.as_dict() for row in self.rows],
+            "comparisons": self.comparisons,
+            "seconds": self.seconds,
+        }
+
+
+def row_metric_keys(row: ScorerRow, split: str) -> dict[str, float]:
     """Every MLflow metric of one scorer's child run, split-prefixed."""
-    keys = {f"{split}_{k}": v for k, v in row["metrics"].items()}
-    for metric, ci in row.get("ci", {}).items():
+    keys = {f"{split}_{k}": v for k, v in row.metrics.items()}
+    for metric, ci in row.ci.items():
         keys[f"{split}_{metric}_ci_low"] = ci["low"]
         keys[f"{split}_{metric}_ci_high"] = ci["high"]
-    for metric, c in row.get("context", {}).items():
+    for metric, c in (row.context or {}).items():
         keys[f"{split}_context_lift_{metric}"] = c["lift"]
         keys[f"{split}_context_shuffled_{metric}"] = c["shuffled"]
         keys[f"{split}_context_lift_{metric}_p_value"] = c["p_value"]
-    for key, value in row.get("oracle", {}).items():
+    for key, value in (row.oracle or {}).items():
         keys[f"{split}_oracle_{key}"] = value
-    keys[f"{split}_eval_seconds"] = row["seconds"]
+    keys[f"{split}_eval_seconds"] = row.seconds
     return {k: float(v) for k, v in keys.items() if v is not None}
 
 
@@ -209,205 +298,232 @@ class EvaluateParams(StageParams):
     batch_size: int = param(512, minimum=1)
 
 
-def run_evaluate(
-    data_dir: str | Path,
-    model_uri: str = "",
-    split: str = "test",
-    ks: str | Sequence[int] = (10, 20),
-    exclude_seen: bool = True,
-    baselines: str | bool | Sequence[str] = True,
-    allow_train_split: bool = False,
-    max_seq_len: int | None = None,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    batch_size: int = 512,
-    oracle: bool = True,
-    extra_scorers: Mapping[str, object] | None = None,
-    log_to_mlflow: bool = True,
-) -> dict:
-    """Evaluate and return the report dict (also logged when `log_to_mlflow`).
+@dataclass(frozen=True)
+class ScorerEntry:
+    """A scorer to evaluate, as the report will name it."""
 
-    `model_uri` names one checkpoint, or several separated by commas (SASRec, GRU4Rec, a
-    context-free variant: compared pairwise in one report); `extra_scorers` adds in-memory scorers
-    as model rows (tests, notebooks). Either may be empty: baselines and the oracle alone are a
-    valid report. With exactly one model, the parent run carries its keys.
-    """
-    check_split(split, allow_train_split)
-    ks = parse_ks(ks)
-    baseline_names = parse_baselines(baselines)
-    if n_resamples < 10:
-        raise ValueError("n_resamples must be >= 10")
-    t_start = time.perf_counter()
-    layout = DataLayout.of(data_dir)
-    vocab = load_vocab(data_dir)
+    name: str
+    kind: ScorerKind
+    scorer: object
+    continuation_scorer: object | None = None   # the oracle's, tied to the continuation cases
+    ablate_context: bool = False                # see ScorerRow
 
+
+def load_models(model_uri: str, vocab: Vocabulary) -> tuple[dict[str, object], dict[str, dict]]:
+    """The checkpoints `model_uri` names (comma-separated) by row name, and what the report says of each."""
     models: dict[str, object] = {}
-    model_meta: dict[str, dict] = {}
+    meta: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="playlistai-eval-") as tmp:
         for i, uri in enumerate(u.strip() for u in model_uri.split(",") if u.strip()):
             model, model_vocab, config = load_model(uri, Path(tmp) / str(i))
             check_same_vocabulary(model_vocab, vocab)
             name = model_row_name(config.get("model_config", {}), taken=set(models))
             models[name] = model
-            model_meta[name] = {"model_uri": uri, "max_seq_len": config["model_config"].get("max_seq_len")}
+            meta[name] = {"model_uri": uri, "max_seq_len": config["model_config"].get("max_seq_len")}
+    return models, meta
+
+
+def default_max_seq_len(layout: DataLayout, model_meta: Mapping[str, dict]) -> int:
+    """The first model's input length, else the splits stage's, else 50."""
+    lengths = [m["max_seq_len"] for m in model_meta.values() if m.get("max_seq_len")]
+    meta = json.loads(layout.splits_meta.read_text()) if layout.splits_meta.exists() else {}
+    return int(lengths[0] if lengths else meta.get("max_seq_len", 50))
+
+
+def score_row(
+    entry: ScorerEntry, cases: NextTrackCases, vocab: Vocabulary, continuation, ks: Sequence[int],
+    params: EvaluateParams,
+) -> tuple[ScorerEvaluation, ScorerRow]:
+    """One scorer's evaluation and its row, with intervals and (where it applies) the context ablation."""
+    t0 = time.perf_counter()
+    ev = evaluate_scorer(
+        entry.name, entry.scorer, cases, vocab, continuation, ks=ks, exclude_seen=params.exclude_seen,
+        batch_size=params.batch_size, continuation_scorer=entry.continuation_scorer,
+    )
+    seconds = time.perf_counter() - t0
+    setting = ev.primary_exclude_seen
+    row = ScorerRow(
+        name=entry.name,
+        kind=entry.kind,
+        metrics=dict(ev.metrics),
+        ci={m: bootstrap_ci(ev.per_case[setting][m], cases.session_index, params.n_resamples,
+                            seed=params.seed).as_dict()
+            for m in PRIMARY},
+        seconds=seconds,
+        cases_per_second=len(cases) / seconds if seconds > 0 else float("nan"),
+        ablate_context=entry.ablate_context,
+    )
+    if row.ablate_context:
+        row.context = context_ablation(entry.scorer, cases, ev, ks, params.n_resamples, params.seed, params.batch_size)
+    return ev, row
+
+
+def paired_comparisons(
+    model_names: Sequence[str], rows: Sequence[ScorerRow], evaluations: Mapping[str, ScorerEvaluation],
+    cases: NextTrackCases, params: EvaluateParams,
+) -> list[dict]:
+    """Each model against each baseline and each other model, on the same cases."""
+    setting = params.exclude_seen
+    comparisons = []
+    for model_name in model_names:
+        a = evaluations[model_name]
+        for row in rows:
+            if not (row.kind == "baseline" or (row.kind == "model" and row.name != model_name)):
+                continue
+            b = evaluations[row.name]
+            for metric in PRIMARY:
+                cmp = paired_bootstrap(
+                    a.per_case[setting][metric], b.per_case[setting][metric], cases.session_index,
+                    params.n_resamples, seed=params.seed,
+                )
+                comparisons.append({"a": model_name, "b": row.name, "metric": metric, **cmp.as_dict()})
+    return comparisons
+
+
+def compute_evaluation(
+    params: EvaluateParams, *, oracle: bool = True, extra_scorers: Mapping[str, object] | None = None
+) -> EvaluationReport:
+    """Evaluate the models of `params.model_uri`, the baselines and the oracle; log nothing.
+
+    `model_uri` names one checkpoint, or several separated by commas (SASRec, GRU4Rec, a
+    context-free variant: compared pairwise in one report); `extra_scorers` adds in-memory scorers
+    as model rows (tests, notebooks). Either may be empty: baselines and the oracle alone are a
+    valid report.
+    """
+    check_split(params.split, params.allow_train_split)
+    ks = parse_ks(params.ks)
+    baseline_names = parse_baselines(params.baselines)
+    if params.n_resamples < 10:
+        raise ValueError("n_resamples must be >= 10")
+    t_start = time.perf_counter()
+    data_dir = params.data_dir
+    layout = DataLayout.of(data_dir)
+    vocab = load_vocab(data_dir)
+
+    models, model_meta = load_models(params.model_uri, vocab)
     for name, scorer in (extra_scorers or {}).items():
         if name in models or name in baseline_names or name == ORACLE:
             raise ValueError(f"scorer name {name!r} is taken")
         models[name] = scorer
+    max_seq_len = params.max_seq_len or default_max_seq_len(layout, model_meta)
 
-    if max_seq_len is None:
-        lengths = [m["max_seq_len"] for m in model_meta.values() if m.get("max_seq_len")]
-        meta = json.loads(layout.splits_meta.read_text()) if layout.splits_meta.exists() else {}
-        max_seq_len = int(lengths[0] if lengths else meta.get("max_seq_len", 50))
-
-    frame = load_split(data_dir, split)
+    frame = load_split(data_dir, params.split)
     sessions = encode_sessions(frame, vocab)
     cases = next_track_cases(sessions, max_seq_len)
     continuation = continuation_cases(sessions, max_seq_len)
     if len(cases) == 0:
-        raise ValueError(f"split {split!r} has no next-track case with a known history and target")
+        raise ValueError(f"split {params.split!r} has no next-track case with a known history and target")
 
-    scorers: list[tuple[str, str, object, object]] = [(n, "model", s, None) for n, s in models.items()]
+    scorers = [ScorerEntry(n, "model", s, ablate_context=True) for n, s in models.items()]
     if baseline_names:
         from playlistai.models.baselines import fit_baselines
 
         train = encode_sessions(load_split(data_dir, "train"), vocab)
         for name, scorer in fit_baselines(train, vocab.size, baseline_names).items():
-            scorers.append((name, "baseline", scorer, None))
+            scorers.append(ScorerEntry(name, "baseline", scorer, ablate_context=scorer.uses_context))
     world = load_world(data_dir) if oracle else None
     if world is not None:
         next_oracle = oracle_for_cases(world, frame, sessions, cases, vocab)
         cont_oracle = oracle_for_cases(world, frame, sessions, continuation, vocab)
-        scorers.append((ORACLE, "oracle", next_oracle, cont_oracle))
+        scorers.append(ScorerEntry(ORACLE, "oracle", next_oracle, continuation_scorer=cont_oracle))
     if not scorers:
         raise ValueError("nothing to evaluate: give model_uri or enable baselines")
 
     evaluations: dict[str, ScorerEvaluation] = {}
-    rows: list[dict] = []
-    for name, kind, scorer, cont_scorer in scorers:
-        t0 = time.perf_counter()
-        ev = evaluate_scorer(
-            name, scorer, cases, vocab, continuation, ks=ks, exclude_seen=exclude_seen,
-            batch_size=batch_size, continuation_scorer=cont_scorer,
-        )
-        seconds = time.perf_counter() - t0
-        evaluations[name] = ev
-        setting = ev.primary_exclude_seen
-        row = {
-            "name": name,
-            "kind": kind,
-            "metrics": dict(ev.metrics),
-            "ci": {
-                m: bootstrap_ci(ev.per_case[setting][m], cases.session_index, n_resamples, seed=seed).as_dict()
-                for m in PRIMARY
-            },
-            "seconds": seconds,
-            "cases_per_second": len(cases) / seconds if seconds > 0 else float("nan"),
-        }
-        if kind == "model" or name == "mostpop_hour":
-            row["context"] = context_ablation(scorer, cases, ev, ks, n_resamples, seed, batch_size)
+    rows: list[ScorerRow] = []
+    for entry in scorers:
+        evaluations[entry.name], row = score_row(entry, cases, vocab, continuation, ks, params)
         rows.append(row)
 
     if ORACLE in evaluations:
         oracle_metrics = evaluations[ORACLE].metrics
         oracle_keys = {k: v for k, v in oracle_metrics.items() if k.startswith(_RATIO_PREFIXES)}
         for row in rows:
-            row["oracle"] = oracle_keys
-            if row["kind"] != "oracle":
-                row["metrics"] = with_oracle_ratios(row["metrics"], oracle_metrics)
+            row.oracle = oracle_keys
+            if row.kind != "oracle":
+                row.metrics = with_oracle_ratios(row.metrics, oracle_metrics)
 
-    comparisons = []
-    for model_name in models:
-        a = evaluations[model_name]
-        for row in rows:
-            if row["kind"] != "baseline" and not (row["kind"] == "model" and row["name"] != model_name):
-                continue
-            b = evaluations[row["name"]]
-            for metric in PRIMARY:
-                cmp = paired_bootstrap(
-                    a.per_case[exclude_seen][metric], b.per_case[exclude_seen][metric], cases.session_index,
-                    n_resamples, seed=seed,
-                )
-                comparisons.append({"a": model_name, "b": row["name"], "metric": metric, **cmp.as_dict()})
-
+    comparisons = paired_comparisons(list(models), rows, evaluations, cases, params)
     for row in rows:
-        if row["kind"] == "model":
-            row["goals"] = R.goal_checks(row)
-            beaten = [c for c in comparisons if c["a"] == row["name"]]
-            row["beats_every_baseline"] = {
+        if row.kind == "model":
+            row.goals = R.goal_checks(row.metrics)
+            beaten = [c for c in comparisons if c["a"] == row.name]
+            row.beats_every_baseline = {
                 m: all(c["significant"] and c["mean_diff"] > 0 for c in beaten if c["metric"] == m) if beaten else None
                 for m in PRIMARY
             }
 
     first = next(iter(evaluations.values()))
-    report = {
-        "split": split,
-        "exclude_seen": exclude_seen,
-        "other_setting_suffix": R.other_suffix(exclude_seen),
-        "ks": list(ks),
-        "max_seq_len": max_seq_len,
-        "num_cases": len(cases),
-        "num_sessions": int(first.metrics["num_sessions"]),
-        "num_continuation_cases": len(continuation),
-        "catalog_size": len(vocab),
-        "repeat_target_share": first.metrics["repeat_target_share"],
-        "unknown_event_share": sessions.unknown_share,
-        "n_resamples": n_resamples,
-        "models": model_meta,
-        "rows": rows,
-        "comparisons": comparisons,
-        "seconds": time.perf_counter() - t_start,
-    }
-    if log_to_mlflow:
-        figures = R.build_figures(
-            list(evaluations.values()), cases.history_lengths, cases.targets, vocab.popularity_percentile()
-        )
-        log_report(report, evaluations, figures, cases, sessions.session_ids)
-    return report
+    return EvaluationReport(
+        split=params.split,
+        exclude_seen=params.exclude_seen,
+        ks=ks,
+        max_seq_len=max_seq_len,
+        num_cases=len(cases),
+        num_sessions=int(first.metrics["num_sessions"]),
+        num_continuation_cases=len(continuation),
+        catalog_size=len(vocab),
+        repeat_target_share=first.metrics["repeat_target_share"],
+        unknown_event_share=sessions.unknown_share,
+        n_resamples=params.n_resamples,
+        models=model_meta,
+        rows=rows,
+        comparisons=comparisons,
+        seconds=time.perf_counter() - t_start,
+        evaluations=evaluations,
+        cases=cases,
+        session_ids=sessions.session_ids,
+        vocab=vocab,
+    )
 
 
-def log_report(report: dict, evaluations, figures, cases, session_ids: np.ndarray) -> None:
-    """Child run per scorer, then the parent's summary keys and artifacts."""
-    split = report["split"]
+def log_report(report: EvaluationReport) -> None:
+    """Into the active run: a child run per scorer, then the parent's summary keys and artifacts."""
+    split = report.split
+    cases = report.cases
     common_params = {
-        "split": split, "exclude_seen": report["exclude_seen"], "ks": ",".join(map(str, report["ks"])),
-        "max_seq_len": report["max_seq_len"], "n_resamples": report["n_resamples"],
+        "split": split, "exclude_seen": report.exclude_seen, "ks": ",".join(map(str, report.ks)),
+        "max_seq_len": report.max_seq_len, "n_resamples": report.n_resamples,
     }
-    for row in report["rows"]:
-        with mlflow.start_run(run_name=f"{split}:{row['name']}", nested=True):
-            mlflow.set_tags({"stage": "evaluate", "scorer": row["name"], "scorer_kind": row["kind"]})
-            mlflow.log_params({**common_params, "scorer": row["name"]})
+    for row in report.rows:
+        with mlflow.start_run(run_name=f"{split}:{row.name}", nested=True):
+            mlflow.set_tags({"stage": "evaluate", "scorer": row.name, "scorer_kind": row.kind})
+            mlflow.log_params({**common_params, "scorer": row.name})
             mlflow.log_metrics(row_metric_keys(row, split))
-            ev = evaluations[row["name"]]
+            ev = report.evaluations[row.name]
             with tempfile.TemporaryDirectory() as tmp:
                 # per-case values and their sessions: what a later paired comparison needs
                 path = Path(tmp) / "per_case.npz"
                 np.savez_compressed(
                     path,
-                    session_id=session_ids[cases.session_index],
+                    session_id=report.session_ids[cases.session_index],
                     position=cases.positions,
                     **{f"{m}{R.setting_suffix(s, ev.primary_exclude_seen)}": ev.per_case[s][m]
                        for s in ev.per_case for m in PRIMARY},
                 )
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
     parent_keys: dict[str, float] = {
-        f"{split}_num_cases": report["num_cases"],
-        f"{split}_repeat_target_share": report["repeat_target_share"],
-        f"{split}_eval_seconds": report["seconds"],
+        f"{split}_num_cases": report.num_cases,
+        f"{split}_repeat_target_share": report.repeat_target_share,
+        f"{split}_eval_seconds": report.seconds,
     }
-    model_rows = [r for r in report["rows"] if r["kind"] == "model"]
+    model_rows = report.rows_of("model")
     if len(model_rows) == 1:
         # the parent run of a model evaluation carries that model's keys, for the promotion gate
         parent_keys.update(row_metric_keys(model_rows[0], split))
-    oracle_rows = [r for r in report["rows"] if r["kind"] == "oracle"]
+    oracle_rows = report.rows_of("oracle")
     if oracle_rows:
-        parent_keys.update({f"{split}_oracle_{k}": v for k, v in oracle_rows[0]["metrics"].items()
+        parent_keys.update({f"{split}_oracle_{k}": v for k, v in oracle_rows[0].metrics.items()
                             if k.startswith(_RATIO_PREFIXES)})
-    for c in report["comparisons"]:
+    for c in report.comparisons:
         parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}"] = c["mean_diff"]
         parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}_p_value"] = c["p_value"]
     mlflow.log_metrics({k: float(v) for k, v in parent_keys.items() if v is not None})
-    mlflow.log_text(R.report_to_json(report), "evaluation/report.json")
-    mlflow.log_text(R.markdown_table(report), "evaluation/report.md")
+    as_dict = report.as_dict()
+    mlflow.log_text(R.report_to_json(as_dict), "evaluation/report.json")
+    mlflow.log_text(R.markdown_table(as_dict), "evaluation/report.md")
+    figures = R.build_figures(
+        list(report.evaluations.values()), cases.history_lengths, cases.targets, report.vocab.popularity_percentile()
+    )
     for path, fig in figures.items():
         mlflow.log_figure(fig, f"evaluation/{path}")

@@ -75,6 +75,8 @@ def _as_scores(dense: np.ndarray) -> torch.Tensor:
 
 class Baseline:
     name = "baseline"
+    # reads the (hour, dow) of the case: only then can the evaluation's context ablation show a lift
+    uses_context = False
     vocab_size: int
 
     def fit(self, sessions: EncodedSessions, vocab_size: int) -> Baseline:
@@ -111,6 +113,7 @@ class MostPopByHour(Baseline):
     """
 
     name = "mostpop_hour"
+    uses_context = True
 
     def __init__(self, prior_weight: float = 50.0):
         self.prior_weight = float(prior_weight)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from entrypoints.evaluate import app
 from playlistai.data.sequences import load_vocab
 from playlistai.evaluation.compare import compare_per_case, load_per_case
-from playlistai.evaluation.stage import LeakageError, check_split, run_evaluate
+from playlistai.evaluation.stage import EvaluateParams, LeakageError, check_split, compute_evaluation
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
 from playlistai.tracking import configure_mlflow, stage_run
@@ -116,8 +116,8 @@ def test_training_split_is_refused_unless_allowed(tiny_data_dir):
     with pytest.raises(LeakageError):
         check_split("train", allow_train_split=False)
     check_split("train", allow_train_split=True)
-    report = run_evaluate(tiny_data_dir, split="train", allow_train_split=True, baselines="mostpop",
-                          oracle=False, n_resamples=10, log_to_mlflow=False)
+    report = compute_evaluation(EvaluateParams(data_dir=str(tiny_data_dir), split="train", allow_train_split=True,
+                                               baselines="mostpop", n_resamples=10), oracle=False).as_dict()
     assert report["split"] == "train"
 
 
@@ -138,8 +138,8 @@ def test_bad_params_give_a_readable_error(tiny_data_dir, args, message):
 
 
 def test_baselines_only_with_repeats_as_the_primary_setting(tiny_data_dir):
-    report = run_evaluate(tiny_data_dir, exclude_seen=False, baselines="mostpop,transitions", oracle=False,
-                          n_resamples=10, log_to_mlflow=False)
+    report = compute_evaluation(EvaluateParams(data_dir=str(tiny_data_dir), exclude_seen=False,
+                                               baselines="mostpop,transitions", n_resamples=10), oracle=False).as_dict()
     row = report["rows"][0]["metrics"]
     assert "recall_at_20_seen_excluded" in row and "recall_at_20_with_repeats" not in row
     assert row["repetition_rate_at_20"] > 0 and row["repetition_rate_at_20_seen_excluded"] == 0
