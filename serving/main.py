@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app()` wires settings, the model store and the cache.
+"""The FastAPI application: `create_app()` wires settings, the model store, the cache and the traffic
+recorder into one ServiceState (serving/state.py), which the routes declare as a dependency.
 
     uvicorn serving.main:app --port 8088                                   # make api
     gunicorn serving.main:app -c serving/gunicorn_conf.py                   # production
@@ -28,9 +29,8 @@ from fastapi import FastAPI
 
 import playlistai
 from playlistai.config import Settings, get_settings
-from serving import model_store, traffic
+from serving import model_store
 from serving.admission import AdmissionMiddleware, ScoringQueue
-from serving.api.deps import Service
 from serving.api.routes import api_router
 from serving.api.routes.health import probe_answers
 from serving.cache import ResponseCache
@@ -50,6 +50,8 @@ from serving.model_store import (
     mlflow_alias_resolver,
 )
 from serving.schemas import MAX_JSON_TOKENS
+from serving.state import ServiceState
+from serving.traffic import DriftStateReader, TrafficRecorder
 
 log = logging.getLogger("serving")
 
@@ -70,6 +72,9 @@ def create_app(
     """The app; tests pass their own settings, and a fake loader/resolver where no registry exists."""
     settings = settings or get_settings()
     configure_logging()
+    admission = AdmissionMiddleware.options(settings)
+    # built with the app, not in the lifespan: the admission middleware is constructed with it
+    scoring = ScoringQueue(admission["queue_timeout_s"], admission["queue_target_s"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -98,10 +103,12 @@ def create_app(
         store.on_loaded = freeze_heap     # no-op unless the server asked for it (serving/edge.py)
         cache = ResponseCache(settings.REDIS_URL or None, settings.CACHE_TTL_S, settings.REDIS_TIMEOUT_MS,
                               settings.LOCAL_CACHE_MAX_ITEMS, settings.LOCAL_CACHE_MAX_BYTES)
-        app.state.service = Service(settings, store, cache, app.state.scoring)
-        LIFECYCLE.probes = probe_answers(app.state.service)     # the edge answers the probes from these
+        state = ServiceState(settings, store, cache, TrafficRecorder.from_settings(settings),
+                             DriftStateReader.from_settings(settings), scoring)
+        app.state.service = state
+        LIFECYCLE.probes = probe_answers(state)     # the edge answers the probes from these
         await cache.start()
-        await traffic.start(settings)      # drift feature rows to Redis; the drift state for /metrics
+        await state.traffic.start()
         # the first model is awaited, so that the first request finds it; a tracking store that
         # does not answer cannot hold the start (and the port) back for longer than MODEL_STARTUP_WAIT_S
         first_check = asyncio.create_task(store.check(quiet=True), name="first-model-check")
@@ -122,7 +129,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await traffic.stop()
+            await state.traffic.close()
+            state.drift_state.close()
             await cache.close()
             LIFECYCLE.probes = {}
 
@@ -139,9 +147,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES, max_json_tokens=MAX_JSON_TOKENS)
-    options = AdmissionMiddleware.options(settings)
-    app.state.scoring = ScoringQueue(options["queue_timeout_s"], options["queue_target_s"])
-    app.add_middleware(AdmissionMiddleware, queue=app.state.scoring, **options)
+    app.add_middleware(AdmissionMiddleware, queue=scoring, **admission)
     app.add_middleware(RequestMetricsMiddleware)     # outermost: counts the 413s and the 503s too
     app.include_router(api_router)
     return app

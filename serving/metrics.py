@@ -122,12 +122,6 @@ def multiprocess_enabled() -> bool:
 
 # -- drift: the drift job's latest result, read at scrape time (serving/traffic.py) ----------------
 DriftStateSource = Callable[[], "dict | None"]
-_drift_state_source: DriftStateSource | None = None
-
-
-def set_drift_state_source(source: DriftStateSource | None) -> None:
-    global _drift_state_source
-    _drift_state_source = source
 
 
 def drift_metric_families(state: dict | None) -> list[GaugeMetricFamily]:
@@ -159,10 +153,11 @@ def drift_metric_families(state: dict | None) -> list[GaugeMetricFamily]:
 
 class ScrapeTimeMetrics:
     """Passes a collector's metrics through and adds those computed at scrape time: cache_hit_ratio
-    (from the workers' windows, summed) and the drift gauges."""
+    (from the workers' windows, summed) and the drift gauges (empty without a drift state source)."""
 
-    def __init__(self, source) -> None:
+    def __init__(self, source, drift_state: DriftStateSource | None = None) -> None:
         self.source = source
+        self.drift_state = drift_state
 
     def collect(self):
         window = dict.fromkeys(_WINDOW_GAUGES, 0.0)
@@ -176,14 +171,15 @@ class ScrapeTimeMetrics:
         if window["cache_window_lookups"] > 0:
             ratio.add_metric([], window["cache_window_hits"] / window["cache_window_lookups"])
         yield ratio
-        yield from drift_metric_families(_drift_state_source() if _drift_state_source else None)
+        yield from drift_metric_families(self.drift_state() if self.drift_state is not None else None)
 
 
-def render_latest() -> bytes:
-    """The Prometheus text exposition of this process, or of all workers in multiprocess mode."""
+def render_latest(drift_state: DriftStateSource | None = None) -> bytes:
+    """The Prometheus text exposition of this process, or of all workers in multiprocess mode, with
+    the drift gauges of `drift_state` (the app's DriftStateReader)."""
     source = prometheus_multiprocess.MultiProcessCollector(None) if multiprocess_enabled() else REGISTRY
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScrapeTimeMetrics(source))
+    registry.register(ScrapeTimeMetrics(source, drift_state))
     return generate_latest(registry)
 
 

@@ -69,6 +69,15 @@ class TrafficRecorder:
     def record(self, row: dict) -> None:
         self.buffer.append(row)
 
+    def record_request(self, recommender, tracks: Sequence[str], hour: int, dow: int,
+                       top_score: float | None) -> None:
+        """One feature row per answered request; a failure here never fails the request."""
+        try:
+            self.record(feature_row(recommender, tracks, hour, dow, top_score))
+        except Exception:
+            log.exception("recording the request's drift features failed")
+            metrics.ERRORS_TOTAL.labels(route="traffic", kind="feature_row").inc()
+
     async def start(self) -> None:
         if self._redis is not None:
             self._task = asyncio.create_task(self._flush_forever(), name="traffic-flush")
@@ -140,37 +149,3 @@ class DriftStateReader:
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
-
-
-_recorder: TrafficRecorder | None = None
-_drift_state: DriftStateReader | None = None
-
-
-async def start(settings) -> None:
-    """Called by the app's lifespan: start writing traffic rows and report the drift state."""
-    global _recorder, _drift_state
-    _recorder = TrafficRecorder.from_settings(settings)
-    await _recorder.start()
-    _drift_state = DriftStateReader.from_settings(settings)
-    metrics.set_drift_state_source(_drift_state)
-
-
-async def stop() -> None:
-    global _recorder, _drift_state
-    if _recorder is not None:
-        await _recorder.close()
-    if _drift_state is not None:
-        _drift_state.close()
-    metrics.set_drift_state_source(None)
-    _recorder = _drift_state = None
-
-
-def record_request(recommender, tracks: Sequence[str], hour: int, dow: int, top_score: float | None) -> None:
-    """One feature row per answered request; a failure here never fails the request."""
-    if _recorder is None:
-        return
-    try:
-        _recorder.record(feature_row(recommender, tracks, hour, dow, top_score))
-    except Exception:
-        log.exception("recording the request's drift features failed")
-        metrics.ERRORS_TOTAL.labels(route="traffic", kind="feature_row").inc()

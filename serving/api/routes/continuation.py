@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from serving import traffic
 from serving.admission import deadline_passed, received_at, shed_response
 from serving.api.deps import ServiceDep
 from serving.cache import continue_cache_key
@@ -24,7 +23,9 @@ from serving.metrics import (
     MODEL_FORWARD_MS,
     UNKNOWN_TRACKS_TOTAL,
 )
+from serving.model_store import ServedModel
 from serving.schemas import ContinueRequest, ContinueResponse, ErrorResponse
+from serving.state import ServiceState
 
 router = APIRouter(tags=["recommendations"])
 
@@ -66,7 +67,7 @@ async def continue_playlist(request: ContinueRequest, service: ServiceDep, http:
         return _answer(request, service, store.current or served, http)
 
 
-def _answer(request: ContinueRequest, service, served, http: Request) -> Response:
+def _answer(request: ContinueRequest, service: ServiceState, served: ServedModel, http: Request) -> Response:
     settings, cache = service.settings, service.cache
     hour, dow = resolve_context(request.context, settings.TIMEZONE)
     use_ann = settings.USE_FAISS if request.use_ann is None else request.use_ann
@@ -77,7 +78,7 @@ def _answer(request: ContinueRequest, service, served, http: Request) -> Respons
     CACHE_WINDOW.observe(body is not None)
     if body is not None:
         CACHE_HITS_TOTAL.labels(backend).inc()
-        traffic.record_request(served.recommender, request.tracks, hour, dow, top_score=None)
+        service.traffic.record_request(served.recommender, request.tracks, hour, dow, top_score=None)
         return Response(mark_cached(body), media_type=JSON)
     CACHE_MISSES_TOTAL.labels(backend).inc()
     if deadline_passed(http.scope):      # a slow body or a stall: the client has given up by now
@@ -97,8 +98,8 @@ def _answer(request: ContinueRequest, service, served, http: Request) -> Respons
     MODEL_FORWARD_MS.labels("ann" if use_ann else "exact").observe(forward_ms)
     if use_ann and not recommendation.fallback:
         ANN_MS.observe(forward_ms)
-    traffic.record_request(served.recommender, request.tracks, hour, dow,
-                           top_score=recommendation.items[0][1] if recommendation.items else None)
+    service.traffic.record_request(served.recommender, request.tracks, hour, dow,
+                                   top_score=recommendation.items[0][1] if recommendation.items else None)
     if recommendation.unknown_tracks:
         UNKNOWN_TRACKS_TOTAL.inc(len(recommendation.unknown_tracks))
     if recommendation.fallback:

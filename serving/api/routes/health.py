@@ -16,15 +16,16 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 import playlistai
-from serving.api.deps import Service, ServiceDep
+from serving.api.deps import ServiceDep
 from serving.errors import public_text
 from serving.lifecycle import LIFECYCLE, worker_id
 from serving.schemas import ErrorResponse, HealthResponse
+from serving.state import ServiceState
 
 router = APIRouter(tags=["operations"])
 
 
-def health_of(service: Service) -> dict:
+def health_of(service: ServiceState) -> dict:
     settings, store, cache = service.settings, service.models, service.cache
     served = store.current
     if served is None:
@@ -46,7 +47,7 @@ def health_of(service: Service) -> dict:
     }
 
 
-def readiness_of(service: Service) -> tuple[int, dict]:
+def readiness_of(service: ServiceState) -> tuple[int, dict]:
     if LIFECYCLE.draining:
         return 503, {"detail": f"not ready: {LIFECYCLE.describe()}"}
     if service.models.current is None:
@@ -58,7 +59,7 @@ def _json(payload: dict) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def probe_answers(service: Service) -> dict[str, Callable[[], tuple[int, bytes]]]:
+def probe_answers(service: ServiceState) -> dict[str, Callable[[], tuple[int, bytes]]]:
     """path -> () -> (status, JSON body): what the edge answers to a probe without the app."""
 
     def healthz() -> tuple[int, bytes]:

@@ -11,11 +11,12 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from serving.api.deps import ServiceDep
 from serving.metrics import CONTENT_TYPE, render_latest
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(await asyncio.to_thread(render_latest), media_type=CONTENT_TYPE)
+async def metrics(service: ServiceDep) -> Response:
+    return Response(await asyncio.to_thread(render_latest, service.drift_state), media_type=CONTENT_TYPE)
