@@ -42,13 +42,20 @@ VAL_SESSIONS = 500
 WORKER_SNIPPET = r"""
 import json, sys
 from playlistai.config import get_settings
+from playlistai.training import stage as S
 from playlistai.training.stage import TrainParams, run_train_stage
 args = json.loads(sys.argv[1])
 settings = get_settings()
 params = TrainParams.from_settings(settings, model=args["model"], epochs=1, patience=0, trainer="ray",
     num_workers=args["workers"], data_dir=args["data_dir"], storage_path=args["storage"], progress=False,
     val_max_cases=200)
-out = run_train_stage(params, settings=settings)
+if hasattr(S, "plan_training"):   # the caller opens the run; older code opened it in run_train_stage
+    from playlistai.tracking import stage_run
+    plan = S.plan_training(params, settings=settings)
+    with stage_run("train", plan.run_params, tags=plan.tags, settings=settings, run_name=plan.run_name):
+        out = run_train_stage(plan)
+else:
+    out = run_train_stage(params, settings=settings)
 s = out.summary
 print("BENCH " + json.dumps({"events_per_second": s["history"][0]["train_events_per_second"],
     "train_seconds": s["history"][0]["train_seconds"], "targets": s["train_targets"],

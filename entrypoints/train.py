@@ -14,8 +14,8 @@ import typer
 from entrypoints.common import after_training, cli_errors, echo_next, require_splits
 from entrypoints.params import Received, as_received, options, parse
 from playlistai.config import get_settings
-from playlistai.tracking import run_location
-from playlistai.training.stage import TrainParams, run_train_stage
+from playlistai.tracking import run_location, stage_run
+from playlistai.training.stage import TrainParams, plan_training, run_train_stage
 
 app = typer.Typer(add_completion=False)
 
@@ -31,7 +31,9 @@ def main(received: Received) -> None:
         except FileNotFoundError:
             require_splits(params.data_dir)    # says what to run first
             raise
-        outcome = run_train_stage(params, log_params=as_received(TrainParams, received), settings=settings)
+        plan = plan_training(params, log_params=as_received(TrainParams, received), settings=settings)
+        with stage_run("train", plan.run_params, tags=plan.tags, settings=settings, run_name=plan.run_name):
+            outcome = run_train_stage(plan)
         best = outcome.summary.get("best_metrics", {})
         typer.echo(
             f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "

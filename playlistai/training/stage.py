@@ -1,8 +1,9 @@
 """The `train` stage: validated params -> one MLflow run with per-epoch curves, the best
 checkpoint (artifact `checkpoint/`) and a training-curve figure (artifact `plots/`).
 
-Every param is checked before any data is read or any worker started, so a typo fails in a second
-with a message that names the param.
+`plan_training` checks every param before any data is read, any run opened or any worker started,
+so a typo fails in a second with a message that names the param; the caller opens the run with the
+plan's params, tags and name (`stage_run`), and `run_train_stage` trains into it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import mlflow
@@ -20,7 +21,7 @@ from playlistai.data.layout import SPLITS, DataLayout
 from playlistai.data.sequences import load_vocab
 from playlistai.models import ModelConfig
 from playlistai.params import StageParams, in_mlproject, param
-from playlistai.tracking import close_if_abandoned, files_hash, stage_run
+from playlistai.tracking import close_if_abandoned, files_hash
 from playlistai.training.curves import plot_training_curves
 from playlistai.training.loop import TrainConfig
 from playlistai.training.neighbour_mix import NeighbourMix, mix_neighbours
@@ -190,12 +191,35 @@ class TrainOutcome:
     neighbour_mix: NeighbourMix | None = None
 
 
-def run_train_stage(
+@dataclass
+class TrainPlan:
+    """What is settled before the training run opens, and what that run is opened with:
+    `stage_run("train", plan.run_params, tags=plan.tags, settings=plan.settings, run_name=plan.run_name)`."""
+
+    params: TrainParams
+    settings: Settings
+    data_dir: Path
+    resume_dir: Path | None
+    model_config: ModelConfig
+    train_config: TrainConfig
+    data_hash: str
+    run_params: dict
+    tags: dict[str, str]
+    # train_wall_seconds counts from here, so that it includes opening the run
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_name(self) -> str:
+        return f"train-{self.model_config.family}"
+
+
+def plan_training(
     params: TrainParams,
     log_params: dict | None = None,
     settings: Settings | None = None,
-) -> TrainOutcome:
-    """Validate, train (locally or on Ray), and log everything to the stage's MLflow run.
+) -> TrainPlan:
+    """Validate the params and find the data and the state to resume: a bad value fails here, before
+    any run is opened.
 
     `log_params` are the params as the caller received them (MLproject strings): `mlflow run`
     has already logged those, and MLflow refuses a param logged twice with a different spelling.
@@ -206,84 +230,100 @@ def run_train_stage(
     resume_dir = resolve_resume(params.resume_from) if params.resume_from else None
     vocab = load_vocab(data_dir)
     model_config = params.model_config(vocab.size)
-    train_config = params.train_config()
     data_hash = files_hash(data_files(data_dir))
     logged = {f.name: getattr(params, f.name) for f in fields(params) if in_mlproject(f)}
     logged.update(log_params or {})
-    tags = {"model_family": model_config.family, "data_hash": data_hash, "trainer": params.trainer}
+    return TrainPlan(
+        params=params,
+        settings=settings,
+        data_dir=data_dir,
+        resume_dir=resume_dir,
+        model_config=model_config,
+        train_config=params.train_config(),
+        data_hash=data_hash,
+        run_params=logged,
+        tags={"model_family": model_config.family, "data_hash": data_hash, "trainer": params.trainer},
+    )
 
-    t0 = time.perf_counter()
-    with stage_run("train", logged, tags=tags, settings=settings, run_name=f"train-{model_config.family}") as run:
-        run_id = run.info.run_id
-        storage = Path(params.storage_path).resolve()
-        state_root = storage / run_id
-        mlflow.set_tag(STATE_PATH_TAG, str(state_root))
-        if resume_dir is not None:
-            mlflow.set_tag("resumed_from", str(resume_dir))
-        resumed_run = resume_run_id(params.resume_from)
-        if resumed_run:
-            # the run resumed here was usually killed: if nothing ended it, it would stay RUNNING
-            mlflow.set_tag("resumed_from_run", resumed_run)
-            close_if_abandoned(mlflow.MlflowClient(), resumed_run, f"training run {run_id} resumed it")
-        worker_cfg = {
-            "model_config": model_config.to_dict(),
-            "train_config": train_config.to_dict(),
-            "data_dir": str(data_dir),
-            "run_id": run_id,
-            "tracking_uri": absolute_tracking_uri(mlflow.get_tracking_uri()),
-            "resume_from": str(resume_dir) if resume_dir else None,
-            "extra": {"data_hash": data_hash, "mlflow_run_id": run_id},
-        }
-        if params.trainer == "local":
-            summary = train_worker({**worker_cfg, "state_dir": str(state_root)})
-            states = find_state_dirs(state_root)
-            last_state = states[-1] if states else None
-        else:
-            from playlistai.training.ray_trainer import run_on_ray
 
-            result = run_on_ray(
-                worker_cfg,
-                num_workers=params.num_workers,
-                storage_path=str(storage),
-                name=run_id,
-                address=settings.RAY_ADDRESS,
-            )
-            summary, last_state = result.summary, result.checkpoint_dir
-        if last_state is None:  # resumed a run that had already trained every epoch asked for
-            last_state = resume_dir
-        if last_state is None:
-            raise RuntimeError("training finished without saving any state")
-        wall = time.perf_counter() - t0
+def run_train_stage(plan: TrainPlan) -> TrainOutcome:
+    """Train (locally or on Ray) and log everything to the active MLflow run, which the caller
+    opened as `TrainPlan` says."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("run_train_stage logs into the active MLflow run: open it first (TrainPlan)")
+    params, settings, data_dir, resume_dir = plan.params, plan.settings, plan.data_dir, plan.resume_dir
+    model_config, train_config, data_hash = plan.model_config, plan.train_config, plan.data_hash
+    run_id = run.info.run_id
+    storage = Path(params.storage_path).resolve()
+    state_root = storage / run_id
+    mlflow.set_tag(STATE_PATH_TAG, str(state_root))
+    if resume_dir is not None:
+        mlflow.set_tag("resumed_from", str(resume_dir))
+    resumed_run = resume_run_id(params.resume_from)
+    if resumed_run:
+        # the run resumed here was usually killed: if nothing ended it, it would stay RUNNING
+        mlflow.set_tag("resumed_from_run", resumed_run)
+        close_if_abandoned(mlflow.MlflowClient(), resumed_run, f"training run {run_id} resumed it")
+    worker_cfg = {
+        "model_config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+        "data_dir": str(data_dir),
+        "run_id": run_id,
+        "tracking_uri": absolute_tracking_uri(mlflow.get_tracking_uri()),
+        "resume_from": str(resume_dir) if resume_dir else None,
+        "extra": {"data_hash": data_hash, "mlflow_run_id": run_id},
+    }
+    if params.trainer == "local":
+        summary = train_worker({**worker_cfg, "state_dir": str(state_root)})
+        states = find_state_dirs(state_root)
+        last_state = states[-1] if states else None
+    else:
+        from playlistai.training.ray_trainer import run_on_ray
 
-        history = summary.get("history", [])
-        best = summary.get("best_metrics", {})
-        final = {f"best_{k}": v for k, v in best.items() if k.startswith("val_")}
-        final.update(
-            best_epoch=summary.get("best_epoch", 0),
-            epochs_run=summary.get("epochs_run", 0),
-            best_epoch_minutes=summary.get("best_epoch_minutes", 0.0),
-            stopped_early=float(bool(summary.get("stopped_early"))),
-            train_wall_seconds=wall,
-            peak_rss_mb=max(peak_rss_mb(), summary.get("peak_rss_mb", 0.0)),
+        result = run_on_ray(
+            worker_cfg,
+            num_workers=params.num_workers,
+            storage_path=str(storage),
+            name=run_id,
+            address=settings.RAY_ADDRESS,
         )
-        # the product checkpoint: the best epoch's, with the neighbours mixed in when they help;
-        # the resumable state keeps the best epoch as training left it
-        checkpoint_dir = state_root / FINAL_DIR
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        shutil.copytree(last_state / BEST_DIR, checkpoint_dir)
-        mix = None
-        if params.neighbour_mix:
-            mix = mix_neighbours(checkpoint_dir, data_dir, exclude_seen=params.val_exclude_seen,
-                                 fit_bonus=params.fit_repeat_bonus, seed=params.seed)
-            final.update(mix.metrics())
-        mlflow.log_metrics({k: float(v) for k, v in final.items()})
-        mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "precision", "device") if k in summary})
-        mlflow.log_artifacts(str(checkpoint_dir), artifact_path="checkpoint")
-        if history:
-            png = plot_training_curves(
-                history, state_root / "training_curves.png", title=f"{model_config.family} ({run_id[:8]})"
-            )
-            mlflow.log_artifact(str(png), artifact_path="plots")
+        summary, last_state = result.summary, result.checkpoint_dir
+    if last_state is None:  # resumed a run that had already trained every epoch asked for
+        last_state = resume_dir
+    if last_state is None:
+        raise RuntimeError("training finished without saving any state")
+    wall = time.perf_counter() - plan.started
+
+    history = summary.get("history", [])
+    best = summary.get("best_metrics", {})
+    final = {f"best_{k}": v for k, v in best.items() if k.startswith("val_")}
+    final.update(
+        best_epoch=summary.get("best_epoch", 0),
+        epochs_run=summary.get("epochs_run", 0),
+        best_epoch_minutes=summary.get("best_epoch_minutes", 0.0),
+        stopped_early=float(bool(summary.get("stopped_early"))),
+        train_wall_seconds=wall,
+        peak_rss_mb=max(peak_rss_mb(), summary.get("peak_rss_mb", 0.0)),
+    )
+    # the product checkpoint: the best epoch's, with the neighbours mixed in when they help;
+    # the resumable state keeps the best epoch as training left it
+    checkpoint_dir = state_root / FINAL_DIR
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    shutil.copytree(last_state / BEST_DIR, checkpoint_dir)
+    mix = None
+    if params.neighbour_mix:
+        mix = mix_neighbours(checkpoint_dir, data_dir, exclude_seen=params.val_exclude_seen,
+                             fit_bonus=params.fit_repeat_bonus, seed=params.seed)
+        final.update(mix.metrics())
+    mlflow.log_metrics({k: float(v) for k, v in final.items()})
+    mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "precision", "device") if k in summary})
+    mlflow.log_artifacts(str(checkpoint_dir), artifact_path="checkpoint")
+    if history:
+        png = plot_training_curves(
+            history, state_root / "training_curves.png", title=f"{model_config.family} ({run_id[:8]})"
+        )
+        mlflow.log_artifact(str(png), artifact_path="plots")
     return TrainOutcome(
         run_id=run_id,
         summary=summary,

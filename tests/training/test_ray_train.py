@@ -6,7 +6,8 @@ import mlflow
 import pytest
 
 from playlistai.models.checkpoint import load_checkpoint
-from playlistai.training.stage import TrainParams, run_train_stage
+from playlistai.tracking import stage_run
+from playlistai.training.stage import TrainOutcome, TrainParams, plan_training, run_train_stage
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,12 @@ def _params(data_dir, storage, **kw) -> TrainParams:
     return TrainParams(**{**base, **kw})
 
 
+def _train(params: TrainParams) -> TrainOutcome:
+    plan = plan_training(params)
+    with stage_run("train", plan.run_params, tags=plan.tags, settings=plan.settings, run_name=plan.run_name):
+        return run_train_stage(plan)
+
+
 def _experiment_runs():
     exp = mlflow.get_experiment_by_name("playlistai")
     return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
@@ -40,7 +47,7 @@ def _experiment_runs():
 def two_workers(local_ray, tiny_data_dir, tmp_path_factory):
     storage = tmp_path_factory.mktemp("ray_storage")
     before = len(_experiment_runs())
-    outcome = run_train_stage(_params(tiny_data_dir, storage))
+    outcome = _train(_params(tiny_data_dir, storage))
     return outcome, len(_experiment_runs()) - before, storage
 
 
@@ -61,7 +68,7 @@ def test_two_workers_log_once_from_rank_zero(two_workers):
 
 def test_two_workers_match_one_worker_within_noise(two_workers, tiny_data_dir, tmp_path):
     outcome, _, _ = two_workers
-    single = run_train_stage(_params(tiny_data_dir, tmp_path, num_workers=1))
+    single = _train(_params(tiny_data_dir, tmp_path, num_workers=1))
     assert single.summary["world_size"] == 1
     two = outcome.summary["history"][-1]["val_ndcg_at_10"]
     one = single.summary["history"][-1]["val_ndcg_at_10"]
@@ -71,7 +78,7 @@ def test_two_workers_match_one_worker_within_noise(two_workers, tiny_data_dir, t
 
 def test_resume_continues_a_ray_run(two_workers, tiny_data_dir):
     outcome, _, storage = two_workers
-    resumed = run_train_stage(_params(tiny_data_dir, storage, epochs=EPOCHS + 1, resume_from=outcome.run_id))
+    resumed = _train(_params(tiny_data_dir, storage, epochs=EPOCHS + 1, resume_from=outcome.run_id))
     assert [r["epoch"] for r in resumed.summary["history"]] == list(range(1, EPOCHS + 2))
     client = mlflow.tracking.MlflowClient()
     assert [m.step for m in client.get_metric_history(resumed.run_id, "train_loss")] == [EPOCHS + 1]

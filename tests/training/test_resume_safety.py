@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from playlistai.training.stage import STATE_PATH_TAG, TrainParams, run_train_stage
+from playlistai.tracking import stage_run
+from playlistai.training.stage import STATE_PATH_TAG, TrainParams, plan_training, run_train_stage
 from playlistai.training.worker import META_FILE, STATE_FILE, load_train_state, plain_state, write_state_dir
 
 
@@ -55,7 +56,9 @@ def test_resume_from_a_run_whose_tag_names_a_crafted_file_runs_nothing(tmp_path,
                          batch_size=128, val_max_cases=100, trainer="local", progress=False,
                          resume_from=run.info.run_id, storage_path=str(tmp_path / "new-storage"))
     with pytest.raises(ValueError, match="refused"):
-        run_train_stage(params)
+        plan = plan_training(params)
+        with stage_run("train", plan.run_params, tags=plan.tags, run_name=plan.run_name):
+            run_train_stage(plan)
     assert not marker.exists()
 
 
