@@ -107,10 +107,9 @@ class ScoringQueue:
     the refusal is decided with the whole wait known. Overloaded: the queue has not been empty for
     OVERLOAD_WINDOW_S (a standing queue, as CoDel calls it)."""
 
-    def __init__(self, queue_timeout_s: float, queue_target_s: float, monitor: LoopLagMonitor | None = None) -> None:
+    def __init__(self, queue_timeout_s: float, queue_target_s: float) -> None:
         self.queue_timeout_s = queue_timeout_s
         self.queue_target_s = min(queue_target_s, queue_timeout_s)
-        self.monitor = monitor
         self._waiters: deque[asyncio.Future] = deque()
         self._busy = False
         self.last_empty = time.monotonic()
@@ -199,8 +198,6 @@ class AdmissionMiddleware:
         self.lifecycle = lifecycle
         self.monitor = LoopLagMonitor(self.queue_target_s / 2)
         self.queue = queue
-        if queue is not None:
-            queue.monitor = self.monitor
         lifecycle.load_monitor = self      # the edge sheds early when overloaded() (serving/edge.py)
         self.active = 0                # requests inside the app (what counts when no edge hands its tasks over)
 
