@@ -43,10 +43,10 @@ from serving.model_store import (
     ModelSource,
     ModelStore,
     configure_database_store,
-    configure_inference_threads,
     configure_tracking_client,
     default_loader,
     display_uri,
+    inference_threads,
     mlflow_alias_resolver,
 )
 from serving.schemas import MAX_JSON_TOKENS
@@ -78,8 +78,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if loader is None:
-            threads = configure_inference_threads(settings)
+        load = loader
+        if load is None:
+            threads = inference_threads(settings)
+            load = default_loader(settings.MLFLOW_TRACKING_URI, num_threads=threads)
             log.info("inference uses %d thread(s) per worker", threads)
             # models are logged from code and loaded from their package (SHA-256 checked, weights
             # read with weights_only=True): nothing here needs MLflow to unpickle, so it must not
@@ -95,7 +97,7 @@ def create_app(
                          display_uri(settings.MLFLOW_TRACKING_URI), tries, "y" if tries == 1 else "ies")
         store = ModelStore(
             ModelSource.from_settings(settings),
-            loader or default_loader(settings.MLFLOW_TRACKING_URI),
+            load,
             alias_resolver or mlflow_alias_resolver(settings.MLFLOW_TRACKING_URI),
             model_alias_label=settings.MODEL_ALIAS,
             tracking_uri=settings.MLFLOW_TRACKING_URI,

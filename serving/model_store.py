@@ -227,16 +227,17 @@ def mlflow_alias_resolver(tracking_uri: str) -> AliasResolver:
     return resolve
 
 
-def default_loader(tracking_uri: str) -> Loader:
+def default_loader(tracking_uri: str, num_threads: int | None = None) -> Loader:
     """A local folder (a model package, or a pyfunc model folder holding one) loads directly;
-    registry and `runs:/` URIs load through the MLflow pyfunc."""
+    registry and `runs:/` URIs load through the MLflow pyfunc. Either way the Recommender applies
+    `num_threads` (inference_threads) to torch and FAISS."""
 
     def load(uri: str):
         directory = ModelRef.parse(uri).local_dir
         if directory is not None:
             from playlistai.inference import Recommender
 
-            return Recommender.from_directory(directory)
+            return Recommender.from_directory(directory, num_threads=num_threads)
         import mlflow
 
         try:
@@ -245,7 +246,7 @@ def default_loader(tracking_uri: str) -> Loader:
             from playlistai.registry.pyfunc import load_recommender
 
         mlflow.set_tracking_uri(tracking_uri)
-        return load_recommender(uri)
+        return load_recommender(uri, num_threads)
 
     return load
 
@@ -450,17 +451,12 @@ class ModelStore:
                             self.current.version, interval_s)
 
 
-INFERENCE_THREADS_ENV = "PLAYLISTAI_INFERENCE_THREADS"
-
-
-def configure_inference_threads(settings) -> int:
+def inference_threads(settings) -> int:
     """Inference threads of each worker (torch intra-op and FAISS): TORCH_THREADS, 1 by default.
 
     One request is a batch of one: its matrix products are too small to gain from more threads,
     and OpenMP threads that spin on contended cores made a request 25x slower in the benchmark
     (BENCHMARKS.md). Throughput comes from workers (WEB_CONCURRENCY) instead. 0 = cores / workers.
-    The Recommender applies it to torch and FAISS when it loads.
+    The Recommender applies it to torch and FAISS when it loads (default_loader).
     """
-    threads = settings.TORCH_THREADS or max(1, (os.cpu_count() or 1) // max(1, settings.WEB_CONCURRENCY))
-    os.environ[INFERENCE_THREADS_ENV] = str(threads)
-    return threads
+    return settings.TORCH_THREADS or max(1, (os.cpu_count() or 1) // max(1, settings.WEB_CONCURRENCY))

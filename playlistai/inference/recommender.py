@@ -57,9 +57,8 @@ DEFAULT_THREADS = 2
 
 
 def configure_threads(num_threads: int | None = None) -> int:
-    """Set torch and FAISS (OpenMP) threads: the argument, PLAYLISTAI_INFERENCE_THREADS, or min(2, cpus)."""
-    n = num_threads or int(os.environ.get("PLAYLISTAI_INFERENCE_THREADS", "0") or 0)
-    n = n or min(DEFAULT_THREADS, os.cpu_count() or 1)
+    """Set torch and FAISS (OpenMP) threads: the argument, or min(2, cpus)."""
+    n = num_threads or min(DEFAULT_THREADS, os.cpu_count() or 1)
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     return n

@@ -280,3 +280,23 @@ def test_calls_to_the_tracking_store_are_bounded_unless_mlflow_is_configured(mak
 
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.mark.integration
+def test_the_loader_applies_the_inference_threads_of_the_settings(tiny_registry, make_settings):
+    import os
+
+    import torch
+
+    from serving.model_store import default_loader, inference_threads
+
+    assert inference_threads(make_settings(TORCH_THREADS=3)) == 3
+    assert inference_threads(make_settings(TORCH_THREADS=0, WEB_CONCURRENCY=64)) == max(1, (os.cpu_count() or 1) // 64)
+    name, package = tiny_registry["name"], tiny_registry["packages"]["1"]
+    before = torch.get_num_threads()
+    try:
+        for threads, uri in ((1, f"models:/{name}/1"), (2, str(package)), (1, str(package))):
+            default_loader(tiny_registry["tracking_uri"], num_threads=threads)(uri)
+            assert torch.get_num_threads() == threads, uri
+    finally:
+        torch.set_num_threads(before)
