@@ -156,7 +156,7 @@ def register_version(client: mlflow.MlflowClient, model_name: str, model_uri: st
 # -- the decision --------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GateDecision:
     mode: str
     version: str
@@ -221,10 +221,11 @@ def decide_and_promote(
             client.set_registered_model_alias(model_name, alias, version)
         what = "rollback" if before is not None and int(version) < int(before) else "manual promotion"
         decision = GateDecision(
-            mode, version, True, "forced",
-            f"promote=force ({what}): {alias} moved from {'v' + before if before else 'nothing'} to v{version} "
-            "without a comparison",
-            before, version, None, 1, now(), lock.waited_s,
+            mode=mode, version=version, promoted=True, decision="forced",
+            reason=f"promote=force ({what}): {alias} moved from {'v' + before if before else 'nothing'} "
+                   f"to v{version} without a comparison",
+            production_before=before, production_after=version, comparison=None, attempts=1, decided_at=now(),
+            lock_wait_s=lock.waited_s,
         )
         _tag(client, model_name, decision)
         return decision
@@ -234,8 +235,12 @@ def decide_and_promote(
         current = alias_version(client, model_name, alias)
         comparison = None
         if current == version:
-            decision = GateDecision(mode, version, False, "unchanged", f"v{version} already is {alias}",
-                                    current, current, None, attempt, now(), waited_s)
+            decision = GateDecision(
+                mode=mode, version=version, promoted=False, decision="unchanged",
+                reason=f"v{version} already is {alias}",
+                production_before=current, production_after=current, comparison=None, attempts=attempt,
+                decided_at=now(), lock_wait_s=waited_s,
+            )
             break
         if current is None:
             better, reason = True, f"there is no {alias} version yet"
@@ -245,9 +250,11 @@ def decide_and_promote(
             better, reason = cmp.challenger_better, _describe(cmp, version, current)
         if mode == "never" or not better:
             decision = GateDecision(
-                mode, version, False, "not_promoted" if mode == "never" else "rejected",
-                reason + ("; promote=never" if mode == "never" else ""),
-                current, current, comparison, attempt, now(), waited_s,
+                mode=mode, version=version, promoted=False,
+                decision="not_promoted" if mode == "never" else "rejected",
+                reason=reason + ("; promote=never" if mode == "never" else ""),
+                production_before=current, production_after=current, comparison=comparison, attempts=attempt,
+                decided_at=now(), lock_wait_s=waited_s,
             )
             break
         with PromotionLock(client, model_name, timeout_s=lock_timeout_s) as lock:
@@ -256,8 +263,11 @@ def decide_and_promote(
             if alias_version(client, model_name, alias) != current:
                 continue
             client.set_registered_model_alias(model_name, alias, version)
-        decision = GateDecision(mode, version, True, "promoted", reason, current, version, comparison, attempt, now(),
-                                waited_s)
+        decision = GateDecision(
+            mode=mode, version=version, promoted=True, decision="promoted", reason=reason,
+            production_before=current, production_after=version, comparison=comparison, attempts=attempt,
+            decided_at=now(), lock_wait_s=waited_s,
+        )
         break
     else:
         raise PromotionError(f"{alias} changed {MAX_ATTEMPTS} times while v{version} was being compared; giving up")
