@@ -120,9 +120,6 @@ class SequenceRecommender(nn.Module):
     def mixes_neighbours(self) -> bool:
         return self.neighbours is not None and float(self.neighbour_weight) != 0.0
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def _checkpoint_without_score_terms(module, state_dict, prefix, *args) -> None:
     # checkpoints written before the repeat bonus or the neighbour mix existed scored without them

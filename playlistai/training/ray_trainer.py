@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 class RayRunResult:
     summary: dict                 # what rank 0's train_worker returned
     checkpoint_dir: Path | None   # the last epoch's state directory, on local disk
-    storage_dir: str              # storage_path/name
 
 
 def quiet_local_ray_worker() -> None:
@@ -167,7 +166,7 @@ def run_on_ray(
                 checkpoint_dir = path
             else:  # remote storage: bring the last checkpoint to local disk
                 checkpoint_dir = Path(result.checkpoint.to_directory(tempfile.mkdtemp(prefix="playlistai-ckpt-")))
-        return RayRunResult(summary=result.return_value or {}, checkpoint_dir=checkpoint_dir, storage_dir=result.path)
+        return RayRunResult(summary=result.return_value or {}, checkpoint_dir=checkpoint_dir)
     finally:
         if started:
             ray.shutdown()

@@ -51,20 +51,3 @@ def test_paired_bootstrap_detects_a_real_difference_and_not_a_null_one():
 def test_paired_bootstrap_refuses_misaligned_inputs():
     with pytest.raises(ValueError):
         paired_bootstrap(np.ones(3), np.ones(4), np.arange(3))
-
-
-def test_compare_per_case_aligns_runs_on_session_and_position():
-    from playlistai.evaluation.compare import compare_per_case
-
-    sessions = np.repeat(np.arange(300), 3)
-    positions = np.tile(np.arange(1, 4), 300)
-    a = {"session_id": sessions, "position": positions, "ndcg_at_10": np.ones(900)}
-    order = np.random.default_rng(0).permutation(900)           # B stored in another order
-    b = {"session_id": sessions[order], "position": positions[order], "ndcg_at_10": np.zeros(900)}
-    cmp = compare_per_case(a, b, "ndcg_at_10", n_resamples=50)
-    assert cmp.mean_diff == 1.0 and cmp.n_cases == 900 and cmp.n_sessions == 300
-    few = {k: v[:100] for k, v in b.items()}
-    with pytest.raises(ValueError, match="shared"):
-        compare_per_case(a, few)
-    with pytest.raises(ValueError, match="no per-case"):
-        compare_per_case(a, b, "recall_at_5")

@@ -4,13 +4,14 @@
 import json
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from entrypoints.evaluate import app
 from playlistai.data.sequences import load_vocab
-from playlistai.evaluation.compare import compare_per_case, load_per_case
+from playlistai.evaluation.bootstrap import paired_bootstrap
 from playlistai.evaluation.stage import EvaluateParams, LeakageError, check_split, compute_evaluation
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
@@ -21,6 +22,12 @@ DESIGN_KEYS = [
     "repetition_rate_at_20", "artist_diversity_at_20", "popularity_bias_at_20",
 ]
 SCORERS = {"sasrec", "gru4rec_noctx", "mostpop", "mostpop_hour", "transitions", "sknn", "oracle"}
+
+
+def load_per_case(run_id: str) -> dict[str, np.ndarray]:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/per_case.npz")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,8 @@ def test_report_artifacts_are_logged(evaluate_run):
     by_name = {c.data.tags["scorer"]: c.info.run_id for c in children}
     model, mostpop = load_per_case(by_name["sasrec"]), load_per_case(by_name["mostpop"])
     assert len(model["ndcg_at_10"]) == report["num_cases"] == len(model["session_id"])
-    cmp = compare_per_case(model, mostpop, "recall_at_20", n_resamples=50)
+    assert np.array_equal(model["session_id"], mostpop["session_id"])       # one run: the same cases, in order
+    cmp = paired_bootstrap(model["recall_at_20"], mostpop["recall_at_20"], model["session_id"], n_resamples=50)
     logged = next(c for c in report["comparisons"] if c["b"] == "mostpop" and c["metric"] == "recall_at_20")
     assert cmp.mean_diff == pytest.approx(logged["mean_diff"])
     assert "sasrec" in output and "oracle" in output
