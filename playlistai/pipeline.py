@@ -1,15 +1,29 @@
 """The whole pipeline as one MLflow run: data -> preprocess -> splits -> train each model ->
-evaluate each (with the baselines) -> register the best -> promotion gate.
+evaluate them together on validation -> choose -> evaluate them with the baselines on test ->
+register the chosen one -> promotion gate.
 
 Each stage is the project's own entry point, launched with `mlflow.projects.run` from inside the
 parent run, so MLflow records it as a child run with its own params, metrics and artifacts, in
-exactly the form a user gets from `mlflow run . -e <stage>`; the parent keeps the summary (each
-model's test metrics, the chosen model, the registered version and the gate's decision).
-Stages run in subprocesses with the current environment (`env_manager="local"`).
+exactly the form a user gets from `mlflow run . -e <stage>`. Stages run in subprocesses with the
+current environment (`env_manager="local"`).
+
+The model is chosen on the validation split, never on test: one `evaluate` run on `val` scores
+every trained model on the same cases (paired bootstrap between them), the best `val_ndcg_at_10`
+wins (the first of `models` on a tie), and the parent run records whether it beats the runner-up
+outside the paired interval. Only then does one `evaluate` run on `test` score all the models and
+the baselines; the test figures are reported, never used to choose. A model picked on test would
+carry an optimistic test score, the very figure the gate and the reader rely on. The reason for
+the choice is a tag of the chosen training run (SELECTION_TAG), which the register stage puts in
+front of the gate's reason.
+
+The parent keeps the summary: each model's test metrics, the choice and its validation comparison
+(`chosen_on=val`), the chosen model against the best baseline on test, the registered version and
+the gate's decision (tags, metrics, `pipeline/summary.json`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -19,8 +33,13 @@ import mlflow
 from mlflow.exceptions import ExecutionException
 
 from playlistai.params import StageParams, param
+from playlistai.registry import SELECTION_TAG
 
-SELECTION_METRIC = "test_ndcg_at_10"
+SELECTION_METRIC = "val_ndcg_at_10"
+# the evaluation report's unprefixed names of the metrics the summary shows
+NDCG, RECALL, MRR = "ndcg_at_10", "recall_at_20", "mrr_at_20"
+REPORTED = (NDCG, RECALL, MRR)
+REPORT_ARTIFACT = "evaluation/report.json"
 # the stages `main` runs see this in their environment (entrypoints.common.IN_PIPELINE_ENV): their next
 # step is the pipeline's, so they print no "next:" line of their own
 IN_PIPELINE_ENV = "PLAYLISTAI_IN_PIPELINE"
@@ -48,7 +67,7 @@ class MainParams(StageParams):
     artist_col: str = param("artist_id")
     genre_col: str = param("genre")
     time_unit: str = param("auto", "auto | s | ms | iso")
-    models: str = param("sasrec,gru4rec", "models to train, comma-separated; the best is registered")
+    models: str = param("sasrec,gru4rec", "models to train, comma-separated; the best on validation is registered")
     epochs: int = param(0, "0 = the train stage's default", minimum=0)
     num_workers: int = param(0, "Ray Train workers; 0 = the train stage's default", minimum=0)
     trainer: str = param("", "ray | local; empty = the train stage's default")
@@ -119,6 +138,121 @@ def run_stage(project_uri: str, entry_point: str, params: Mapping, run_name: str
     return submitted.run_id
 
 
+# -- reading the evaluation reports ---------------------------------------------------------------
+
+
+def checkpoint_uri(train_run_id: str) -> str:
+    return f"runs:/{train_run_id}/checkpoint"
+
+
+def report_rows(report: Mapping, trained: Mapping[str, str]) -> dict[str, dict]:
+    """Each trained model's row of an evaluation report, found by its checkpoint URI (the report
+    names a row after the checkpoint's config, which need not be the name in `models`)."""
+    by_uri = {meta["model_uri"]: name for name, meta in report.get("models", {}).items()}
+    rows = {row["name"]: row for row in report["rows"]}
+    out = {}
+    for model, run_id in trained.items():
+        name = by_uri.get(checkpoint_uri(run_id))
+        if name is None or name not in rows:
+            raise PipelineError(f"the {report.get('split')} evaluation has no row for {model} ({checkpoint_uri(run_id)})")
+        out[model] = rows[name]
+    return out
+
+
+def find_comparison(report: Mapping, a: str, b: str, metric: str = NDCG) -> dict | None:
+    """The paired bootstrap of row `a` minus row `b` on `metric`, as the report holds it."""
+    return next((dict(c) for c in report.get("comparisons", [])
+                 if c["a"] == a and c["b"] == b and c["metric"] == metric), None)
+
+
+def _beats(comparison: Mapping | None) -> bool | None:
+    """Better outside the paired interval (its low end above 0); None without a comparison."""
+    if not comparison or comparison.get("low") is None:
+        return None
+    return bool(comparison["low"] > 0)
+
+
+def _fmt_diff(c: Mapping) -> str:
+    def num(v):
+        return "n/a" if v is None else f"{v:+.4f}"
+    p = c.get("p_value")
+    return f"{num(c.get('mean_diff'))} [{num(c.get('low'))}, {num(c.get('high'))}], p={'n/a' if p is None else f'{p:.3g}'}"
+
+
+def _verdict(beats: bool | None) -> str:
+    return {True: "significant", False: "not significant", None: "no interval"}[beats]
+
+
+def choose_model(report: Mapping, trained: Mapping[str, str]) -> dict:
+    """The model with the best validation nDCG@10 (the first of `trained` on a tie) and its paired
+    comparison with the runner-up: what the choice rests on, and whether it is more than noise."""
+    rows = report_rows(report, trained)
+    scores = {m: rows[m]["metrics"].get(NDCG) for m in trained}
+    missing = [m for m, v in scores.items() if v is None]
+    if missing:
+        raise PipelineError(f"the validation evaluation has no {SELECTION_METRIC} for {', '.join(missing)}")
+    order = sorted(trained, key=lambda m: -scores[m])     # stable: ties keep the order of `models`
+    chosen, runner_up = order[0], (order[1] if len(order) > 1 else None)
+    comparison = find_comparison(report, rows[chosen]["name"], rows[runner_up]["name"]) if runner_up else None
+    beats = _beats(comparison)
+    ci = {m: rows[m]["ci"].get(NDCG, {}) for m in trained}
+    choice = {
+        "model": chosen,
+        "runner_up": runner_up,
+        "on": "val",
+        "val_ndcg_at_10": scores,
+        "val_ndcg_at_10_ci": {m: [ci[m].get("low"), ci[m].get("high")] for m in trained},
+        "comparison": comparison,
+        "beats_runner_up": beats,
+        "tie": runner_up is not None and scores[chosen] == scores[runner_up],
+    }
+    choice["reason"] = selection_reason(choice)
+    return choice
+
+
+def selection_reason(choice: Mapping) -> str:
+    """One line: the validation comparison the choice was made on."""
+    if choice.get("runner_up") is None:
+        return f"only {choice['model']} was trained: no choice made"
+    c = choice["comparison"] or {}
+    tie = "; a tie: the first of models is taken" if choice.get("tie") else ""
+    return (f"chosen on validation: {choice['model']} vs {choice['runner_up']} nDCG@10 {_fmt_diff(c)}, "
+            f"{_verdict(choice.get('beats_runner_up'))}{tie}")
+
+
+def figures_on_test(report: Mapping, trained: Mapping[str, str], chosen: str) -> tuple[dict, dict | None]:
+    """(each model's test figures, the best baseline's with the chosen model's paired difference to it)."""
+    def figures(row: Mapping) -> dict:
+        out = {f"test_{k}": row["metrics"].get(k) for k in REPORTED}
+        for k in (NDCG, RECALL):
+            ci = row["ci"].get(k, {})
+            out[f"test_{k}_ci_low"], out[f"test_{k}_ci_high"] = ci.get("low"), ci.get("high")
+        return out
+
+    rows = report_rows(report, trained)
+    models = {m: figures(rows[m]) for m in trained}
+    baselines = [r for r in report["rows"] if r["kind"] == "baseline" and r["metrics"].get(NDCG) is not None]
+    if not baselines:
+        return models, None
+    best = max(baselines, key=lambda r: r["metrics"][NDCG])
+    comparison = find_comparison(report, rows[chosen]["name"], best["name"])
+    return models, {"name": best["name"], **figures(best), "comparison": comparison, "beaten": _beats(comparison)}
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+def _load_report(run_id: str) -> dict:
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/{REPORT_ARTIFACT}"))
+    except mlflow.exceptions.MlflowException as exc:
+        raise PipelineError(f"evaluation run {run_id} has no {REPORT_ARTIFACT}: {exc.message}") from None
+
+
+def _finite_metrics(values: Mapping[str, float | None]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
 def run_pipeline(
     *,
     data_dir: str,
@@ -154,31 +288,58 @@ def run_pipeline(
         params = {"model": model, "data_dir": data_dir, "seed": seed, "epochs": epochs,
                   "num_workers": num_workers, "trainer": trainer, **(train_params or {})}
         trained[model] = run_stage(project_uri, "train", params, f"train-{model}")
+    uris = ",".join(checkpoint_uri(r) for r in trained.values())
 
-    results: dict[str, dict[str, float]] = {}
-    for i, (model, train_run) in enumerate(trained.items()):
-        # the baselines do not depend on the model: the first evaluation reports them once
-        eval_run = run_stage(project_uri, "evaluate", {
-            "model_uri": f"runs:/{train_run}/checkpoint", "data_dir": data_dir, "split": "test",
-            "baselines": "true" if baselines and i == 0 else "false", "n_resamples": n_resamples,
-        }, f"evaluate-{model}")
-        metrics = client.get_run(eval_run).data.metrics
-        if SELECTION_METRIC not in metrics:
-            raise PipelineError(f"evaluate-{model} (run {eval_run}) logged no {SELECTION_METRIC}")
-        results[model] = {k: metrics[k] for k in ("test_ndcg_at_10", "test_recall_at_20", "test_mrr_at_20")
-                          if k in metrics}
-        mlflow.log_metrics({f"{model}_{k}": v for k, v in results[model].items()})
+    if len(trained) > 1:
+        val_run = run_stage(project_uri, "evaluate", {
+            "model_uri": uris, "data_dir": data_dir, "split": "val", "baselines": "false", "n_resamples": n_resamples,
+        }, "evaluate-val")
+        choice = choose_model(_load_report(val_run), trained)
+        choice["eval_run_id"] = val_run
+    else:
+        only = next(iter(trained))
+        choice = {"model": only, "runner_up": None, "on": "only_model", "comparison": None,
+                  "beats_runner_up": None, "tie": False, "eval_run_id": None}
+        choice["reason"] = selection_reason(choice)
+    chosen = choice["model"]
+    c = choice["comparison"] or {}
+    mlflow.set_tags({"chosen_on": choice["on"], "best_model": chosen, "best_train_run_id": trained[chosen],
+                     "runner_up": choice["runner_up"] or "", SELECTION_TAG: choice["reason"],
+                     "chosen_beats_runner_up_on_val": str(choice["beats_runner_up"]).lower(),
+                     "val_eval_run_id": choice["eval_run_id"] or ""})
+    mlflow.log_metrics(_finite_metrics({
+        **{f"{m}_{SELECTION_METRIC}": v for m, v in choice.get("val_ndcg_at_10", {}).items()},
+        **{f"val_ndcg_at_10_diff_chosen_vs_runner_up{s}": c.get(k)
+           for s, k in (("", "mean_diff"), ("_low", "low"), ("_high", "high"), ("_p_value", "p_value"))},
+    }))
+    client.set_tag(trained[chosen], SELECTION_TAG, choice["reason"])
 
-    best = max(results, key=lambda m: results[m][SELECTION_METRIC])
-    mlflow.set_tags({"best_model": best, "best_train_run_id": trained[best]})
+    test_run = run_stage(project_uri, "evaluate", {
+        "model_uri": uris, "data_dir": data_dir, "split": "test", "baselines": "true" if baselines else "false",
+        "n_resamples": n_resamples,
+    }, "evaluate-test")
+    results, best_baseline = figures_on_test(_load_report(test_run), trained, chosen)
+    mlflow.log_metrics(_finite_metrics({f"{m}_{k}": v for m, r in results.items() for k, v in r.items()
+                                        if not k.endswith(("_ci_low", "_ci_high"))}))
+    mlflow.set_tags({"test_eval_run_id": test_run, "best_baseline": best_baseline["name"] if best_baseline else ""})
+    if best_baseline:
+        b = best_baseline["comparison"] or {}
+        mlflow.log_metrics(_finite_metrics({f"test_ndcg_at_10_diff_chosen_vs_best_baseline{s}": b.get(k)
+                                            for s, k in (("", "mean_diff"), ("_low", "low"), ("_high", "high"),
+                                                         ("_p_value", "p_value"))}))
+
     register_run = run_stage(project_uri, "register", {
-        "run_id": trained[best], "data_dir": data_dir, "promote": promote, "n_resamples": n_resamples,
+        "run_id": trained[chosen], "data_dir": data_dir, "promote": promote, "n_resamples": n_resamples,
     }, "register")
     reg = client.get_run(register_run).data
     summary = {
         "models": results,
-        "best_model": best,
+        "best_model": chosen,
+        "chosen": choice,
+        "best_baseline": best_baseline,
         "train_runs": trained,
+        "val_eval_run_id": choice["eval_run_id"],
+        "test_eval_run_id": test_run,
         "register_run_id": register_run,
         "registered_version": reg.tags.get("registered_version"),
         "gate_decision": reg.tags.get("gate_decision"),

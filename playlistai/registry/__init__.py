@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# a tag of a training run chosen among several (playlistai/pipeline.py sets it): how it was chosen.
+# The register stage leads the gate's reason with it. Here, not in pipeline.py, because the
+# pipeline sits above the subpackages and none of them imports it.
+SELECTION_TAG = "selection_reason"
+
 
 def load_recommender(model_uri: str, num_threads: int | None = None):
     """The Recommender of a pyfunc model URI (see playlistai.registry.pyfunc.load_recommender).
@@ -12,4 +17,4 @@ def load_recommender(model_uri: str, num_threads: int | None = None):
     return load(model_uri, num_threads)
 
 
-__all__ = ["load_recommender"]
+__all__ = ["SELECTION_TAG", "load_recommender"]

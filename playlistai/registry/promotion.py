@@ -205,11 +205,31 @@ def decide_and_promote(
     mode: str,
     compare: Callable[[str, str], GateComparison],
     lock_timeout_s: float = 300.0,
+    selection: str = "",
 ) -> GateDecision:
     """Run the gate for `version` and move `alias` as `mode` says; tags the version with the result.
 
     `compare(challenger_version, production_version)` measures the two on the same test cases.
+    `selection` says how this model was chosen among others (the pipeline's validation comparison);
+    it leads the reason, so that the version's tags say both why it was registered and why the
+    alias moved or not.
     """
+    decision = _decide_and_promote(client, model_name, alias, version, mode, compare, lock_timeout_s)
+    if selection:
+        decision.reason = f"{selection}; {decision.reason}"
+    _tag(client, model_name, decision)
+    return decision
+
+
+def _decide_and_promote(
+    client: mlflow.MlflowClient,
+    model_name: str,
+    alias: str,
+    version: str,
+    mode: str,
+    compare: Callable[[str, str], GateComparison],
+    lock_timeout_s: float,
+) -> GateDecision:
     if mode not in PROMOTE_MODES:
         raise ValueError(f"promote must be one of {', '.join(PROMOTE_MODES)}, got {mode!r}")
     version = str(version)
@@ -227,7 +247,6 @@ def decide_and_promote(
             production_before=before, production_after=version, comparison=None, attempts=1, decided_at=now(),
             lock_wait_s=lock.waited_s,
         )
-        _tag(client, model_name, decision)
         return decision
 
     waited_s = 0.0
@@ -271,7 +290,6 @@ def decide_and_promote(
         break
     else:
         raise PromotionError(f"{alias} changed {MAX_ATTEMPTS} times while v{version} was being compared; giving up")
-    _tag(client, model_name, decision)
     return decision
 
 

@@ -8,7 +8,9 @@ Two ways in:
   by hand (`promote=force`, which is how a rollback is done).
 
 `run_register` expects an active MLflow run (the entry point opens it). The decision is logged as
-the run artifact `gate/decision.json`, as run tags and metrics, and as tags of the version.
+the run artifact `gate/decision.json`, as run tags and metrics, and as tags of the version. A
+training run that `main` chose among several carries the validation comparison it was chosen on
+(the tag `selection_reason`); the decision's reason begins with it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from playlistai.data.layout import DataLayout
 from playlistai.model_ref import ModelRef
 from playlistai.models.checkpoint import find_checkpoint_dir
 from playlistai.params import StageParams, param
-from playlistai.registry import promotion
+from playlistai.registry import SELECTION_TAG, promotion
 from playlistai.registry.gate import compare_models, split_metrics
 from playlistai.registry.packaging import build_package
 from playlistai.registry.pyfunc import load_recommender, log_package_model
@@ -164,7 +166,9 @@ def run_register(
             return compare_models(a.model, a.vocab, b.model, b.vocab, data_dir,
                                   n_resamples=n_resamples, confidence=confidence, seed=seed)
 
-        decision = promotion.decide_and_promote(client, model_name, alias, version, promote, compare)
+        selection = _train_run_info(client, run_id).get(SELECTION_TAG, "")
+        decision = promotion.decide_and_promote(client, model_name, alias, version, promote, compare,
+                                                selection=selection)
 
     summary.update({"version": version, "decision": decision.as_dict()})
     mlflow.set_tags({

@@ -35,8 +35,8 @@ def test_registry_tiny_main_leaves_a_production_model(tiny_pipeline):
     children = client.search_runs([main_run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{main_run.info.run_id}'")
     names = {r.data.tags.get("mlflow.runName") for r in children}
-    assert {"data", "preprocess", "splits", "train-sasrec", "train-gru4rec", "evaluate-sasrec",
-            "evaluate-gru4rec", "register"} <= names
+    assert {"data", "preprocess", "splits", "train-sasrec", "train-gru4rec", "evaluate-val",
+            "evaluate-test", "register"} <= names
     assert all(r.info.status == "FINISHED" for r in children)
 
     assert production(client) == main_run.data.tags["registered_version"]
@@ -49,6 +49,71 @@ def test_registry_tiny_main_leaves_a_production_model(tiny_pipeline):
     assert client.get_model_version_by_alias(NAME, "challenger").version == mv.version
     # the lock used while moving the alias is gone
     assert not [m.name for m in client.search_registered_models() if m.name.endswith("promotion-lock")]
+
+
+def _scorer_metrics(client, eval_run) -> dict[str, dict[str, float]]:
+    """The metrics of an evaluation run's scorer children, by scorer."""
+    children = client.search_runs([eval_run.info.experiment_id], f"tags.mlflow.parentRunId = '{eval_run.info.run_id}'")
+    return {r.data.tags["scorer"]: r.data.metrics for r in children}
+
+
+def test_registry_tiny_main_chooses_on_validation_and_reports_test_from_one_run(tiny_pipeline):
+    _, main_run = tiny_pipeline
+    client = mlflow.MlflowClient()
+    tags, metrics = main_run.data.tags, main_run.data.metrics
+    models = main_run.data.params["models"].split(",")
+    chosen, runner_up = tags["best_model"], tags["runner_up"]
+    assert tags["chosen_on"] == "val"
+    assert {chosen, runner_up} == set(models)
+    train_runs = {m: r for r in client.search_runs([main_run.info.experiment_id],
+                                                   f"tags.mlflow.parentRunId = '{main_run.info.run_id}'")
+                  for m in models if r.data.tags.get("mlflow.runName") == f"train-{m}"}
+    assert tags["best_train_run_id"] == train_runs[chosen].info.run_id
+
+    # one evaluation on val, all models on the same cases, no baselines; the choice is its best nDCG@10
+    val_run = client.get_run(tags["val_eval_run_id"])
+    assert val_run.data.params["split"] == "val"
+    assert sorted(val_run.data.params["model_uri"].split(",")) == sorted(
+        f"runs:/{r.info.run_id}/checkpoint" for r in train_runs.values())
+    val = _scorer_metrics(client, val_run)
+    assert set(val) == set(models) | {"oracle"}
+    for m in models:
+        assert metrics[f"{m}_val_ndcg_at_10"] == pytest.approx(val[m]["val_ndcg_at_10"])
+    assert val[chosen]["val_ndcg_at_10"] >= val[runner_up]["val_ndcg_at_10"]
+    if val[chosen]["val_ndcg_at_10"] == val[runner_up]["val_ndcg_at_10"]:
+        assert models.index(chosen) < models.index(runner_up), "a tie goes to the first of models"
+    diff = metrics["val_ndcg_at_10_diff_chosen_vs_runner_up"]
+    assert diff == pytest.approx(val_run.data.metrics[f"val_ndcg_at_10_diff_{chosen}_vs_{runner_up}"])
+    assert metrics["val_ndcg_at_10_diff_chosen_vs_runner_up_p_value"] == pytest.approx(
+        val_run.data.metrics[f"val_ndcg_at_10_diff_{chosen}_vs_{runner_up}_p_value"])
+    low, high = (metrics[f"val_ndcg_at_10_diff_chosen_vs_runner_up_{k}"] for k in ("low", "high"))
+    assert low <= diff <= high
+    beats = tags["chosen_beats_runner_up_on_val"]
+    assert beats == ("true" if low > 0 else "false")
+    reason = tags["selection_reason"]
+    assert reason.startswith(f"chosen on validation: {chosen} vs {runner_up} nDCG@10 {diff:+.4f}")
+    assert reason.endswith("not significant") == (beats == "false")
+
+    # one evaluation on test with every model and the baselines: the parent's test figures are its own
+    test_run = client.get_run(tags["test_eval_run_id"])
+    assert test_run.data.params["split"] == "test"
+    assert test_run.data.params["model_uri"] == val_run.data.params["model_uri"]
+    on_test = _scorer_metrics(client, test_run)
+    assert set(models) | {"mostpop", tags["best_baseline"]} <= set(on_test)
+    for m in models:
+        for key in ("test_ndcg_at_10", "test_recall_at_20", "test_mrr_at_20"):
+            assert metrics[f"{m}_{key}"] == pytest.approx(on_test[m][key]), (m, key)
+    assert metrics["test_ndcg_at_10_diff_chosen_vs_best_baseline"] == pytest.approx(
+        test_run.data.metrics[f"test_ndcg_at_10_diff_{chosen}_vs_{tags['best_baseline']}"])
+
+    # the register stage names the comparison the choice was made on
+    assert train_runs[chosen].data.tags["selection_reason"] == reason
+    mv = client.get_model_version(NAME, tags["registered_version"])
+    assert mv.tags["gate_reason"].startswith(reason + "; ")
+    assert tags["gate_reason"] == mv.tags["gate_reason"]
+    summary = json.loads(mlflow.artifacts.load_text(f"runs:/{main_run.info.run_id}/pipeline/summary.json"))
+    assert summary["chosen"]["on"] == "val" and summary["chosen"]["model"] == chosen
+    assert summary["test_eval_run_id"] == test_run.info.run_id
 
 
 def test_registry_production_model_recommends_in_a_fresh_process(tiny_pipeline, make_stage_env):

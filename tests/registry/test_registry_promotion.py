@@ -109,6 +109,17 @@ def test_registry_force_moves_alias_and_says_rollback(registry):
     assert str(client.get_model_version_by_alias(name, "production").version) == v1
 
 
+def test_registry_reason_begins_with_how_the_model_was_chosen(registry):
+    client, name, (v1, v2, _) = registry
+    client.set_registered_model_alias(name, "production", v1)
+    chosen = "chosen on validation: sasrec vs gru4rec nDCG@10 +0.0040 [-0.0010, +0.0090], p=0.12, not significant"
+    decision = promotion.decide_and_promote(client, name, "production", v2, "auto", lambda *a: comparison(-0.02),
+                                            selection=chosen)
+    assert decision.decision == "rejected"
+    assert decision.reason.startswith(chosen + "; v" + v2) and "not significantly better" in decision.reason
+    assert client.get_model_version(name, v2).tags["gate_reason"] == decision.reason
+
+
 def test_registry_bad_promote_mode(registry):
     client, name, (v1, *_) = registry
     with pytest.raises(ValueError, match="promote must be one of"):

@@ -80,6 +80,8 @@ def test_registry_pipeline_on_tracking_server_with_postgresql(
     assert main_run.info.status == "FINISHED"
     first = client.get_model_version_by_alias("playlistai", "production")
     assert str(first.version) == main_run.data.tags["registered_version"] == "1"
+    # one model: nothing to choose between, so no validation comparison
+    assert main_run.data.tags["chosen_on"] == "only_model" and not main_run.data.tags["val_eval_run_id"]
 
     # the register stage again on the same training run: a second version, a second decision
     train_run = main_run.data.tags["best_train_run_id"]
