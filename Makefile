@@ -1,4 +1,5 @@
-# PlayListAI. `make demo` runs the pipeline on the embedded defaults; `make test` passes the tests.
+# PlayListAI. `make demo` runs the pipeline on the embedded defaults (`make demo-quick`: on tiny data, in
+# minutes); `make test` passes the tests.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ SEED ?= 42
 MLFLOW_RUN := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
   $(VENV)/bin/mlflow run . --env-manager local
 
-.PHONY: setup data preprocess splits test lint demo clean
+.PHONY: setup data preprocess splits test lint demo demo-quick clean
 
 # Idempotent: reinstalls only when pyproject.toml changed. torch first, pinned, so that pip takes
 # the CPU wheel instead of resolving a multi-GB CUDA build through another package.
@@ -41,6 +42,13 @@ demo: $(STAMP)
 	$(MAKE) pipeline
 	@echo "serving models:/playlistai@production on http://$(API_HOST):$(API_PORT) (Ctrl-C stops it)"
 	$(MAKE) api
+
+# `make demo` in minutes instead of hours: the tiny synthetic data and two epochs, a first look at
+# every stage and at the summary, not figures to judge a model by. Into data/tiny, so that the
+# default data `make demo` trains on stays as it is.
+QUICK_EPOCHS ?= 2
+demo-quick: $(STAMP)
+	$(MAKE) demo SIZE=tiny EPOCHS=$(QUICK_EPOCHS) DATA_DIR=$(DATA_DIR)/tiny
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -4,21 +4,23 @@
     mlflow run . -e main --env-manager local -P source=/path/plays.csv -P user_col=listener ...
 
 With `source` a log file, the data stage reads it (with the data params) into a data_dir of its own
-(`data/<file name>` unless data_dir is given), never into the demo's `data/`.
+(`data/<file name>` unless data_dir is given), never into the demo's `data/`. It ends with one
+summary block (`playlistai.pipeline.summary_text`), printed and set as the run's description.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import typer
 
 from entrypoints.common import SYNTHETIC, cli_errors, default_data_dir, echo_next, ui_command
 from entrypoints.params import Received, options, parse
 from playlistai.config import get_settings
-from playlistai.pipeline import MainParams, PipelineError, parse_models, run_pipeline
+from playlistai.pipeline import MainParams, PipelineError, parse_models, run_pipeline, summary_text
 from playlistai.registry.promotion import PROMOTE_MODES
-from playlistai.tracking import run_location, stage_run
+from playlistai.tracking import DESCRIPTION_TAG, MAX_TAG_CHARS, run_location, stage_run
 
 app = typer.Typer(add_completion=False)
 
@@ -61,13 +63,13 @@ def main(received: Received) -> None:
                 summary = run_pipeline(**params)
             except PipelineError as exc:
                 raise ValueError(str(exc)) from None
-        for model, m in summary["models"].items():
-            typer.echo(f"main: {model:<8} test ndcg@10 {m['test_ndcg_at_10']:.4f} recall@20 {m.get('test_recall_at_20', 0):.4f}")
-        typer.echo(f"main: registered {summary['best_model']} as v{summary['registered_version']}: "
-                   f"{summary['gate_decision']} ({summary['gate_reason']})")
+            text = summary_text(summary, ui_command=ui_command(settings), api_address=f"localhost:{settings.API_PORT}",
+                                run_location=f"{run_location(run.info.run_id)}, a child run per stage")
+            # the run's description: whoever opens the run in MLflow's UI reads what the terminal showed
+            mlflow.set_tag(DESCRIPTION_TAG, text[:MAX_TAG_CHARS])
+        typer.echo(text)
         if summary.get("data_warning"):
             typer.echo(f"warning: main: {summary['data_warning']}", err=True)
-        typer.echo(f"main: {run_location(run.info.run_id)}, a child run per stage")
         echo_next("make api", ui_command(settings))
 
 

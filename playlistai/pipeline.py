@@ -18,13 +18,15 @@ front of the gate's reason.
 
 The parent keeps the summary: each model's test metrics, the choice and its validation comparison
 (`chosen_on=val`), the chosen model against the best baseline on test, the registered version and
-the gate's decision (tags, metrics, `pipeline/summary.json`).
+the gate's decision (tags, metrics, `pipeline/summary.json`); `summary_text` is the block `main`
+prints at its end and sets as the run's description.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -179,8 +181,16 @@ def _fmt_diff(c: Mapping) -> str:
     return f"{num(c.get('mean_diff'))} [{num(c.get('low'))}, {num(c.get('high'))}], p={'n/a' if p is None else f'{p:.3g}'}"
 
 
-def _verdict(beats: bool | None) -> str:
-    return {True: "significant", False: "not significant", None: "no interval"}[beats]
+def _outcome(comparison: Mapping | None) -> tuple[str, str]:
+    """(verb, verdict) of A against B: a worse A is said to be worse, not merely 'not significant'."""
+    c = comparison or {}
+    if c.get("low") is None or c.get("high") is None:
+        return "vs", "no interval"
+    if c["low"] > 0:
+        return "beats", "significant"
+    if c["high"] < 0:
+        return "is beaten by", "significantly worse"
+    return "does not beat", "not significant"
 
 
 def choose_model(report: Mapping, trained: Mapping[str, str]) -> dict:
@@ -217,7 +227,7 @@ def selection_reason(choice: Mapping) -> str:
     c = choice["comparison"] or {}
     tie = "; a tie: the first of models is taken" if choice.get("tie") else ""
     return (f"chosen on validation: {choice['model']} vs {choice['runner_up']} nDCG@10 {_fmt_diff(c)}, "
-            f"{_verdict(choice.get('beats_runner_up'))}{tie}")
+            f"{_outcome(c)[1]}{tie}")
 
 
 def figures_on_test(report: Mapping, trained: Mapping[str, str], chosen: str) -> tuple[dict, dict | None]:
@@ -237,6 +247,27 @@ def figures_on_test(report: Mapping, trained: Mapping[str, str], chosen: str) ->
     best = max(baselines, key=lambda r: r["metrics"][NDCG])
     comparison = find_comparison(report, rows[chosen]["name"], best["name"])
     return models, {"name": best["name"], **figures(best), "comparison": comparison, "beaten": _beats(comparison)}
+
+
+def example_request(data_dir: str, max_tracks: int = 5) -> dict | None:
+    """A POST /continue body from the test split: the first session with at least three known
+    tracks, its opening tracks as the history and its next play's hour and day as the context."""
+    from playlistai.data.sequences import load_split, load_vocab
+
+    try:
+        frame = load_split(data_dir, "test")
+        vocab = load_vocab(data_dir)
+    except FileNotFoundError:
+        return None
+    frame = frame[frame["track_id"].map(vocab.__contains__)].sort_values(["session_id", "pos"], kind="mergesort")
+    for _, session in frame.groupby("session_id", sort=True):
+        if len(session) < 3:
+            continue
+        history = session.iloc[: min(len(session) - 1, max_tracks)]
+        nxt = session.iloc[len(history)]
+        return {"tracks": [str(t) for t in history["track_id"]], "k": 10,
+                "context": {"hour": int(nxt["hour"]), "dow": int(nxt["dow"])}}
+    return None
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -275,6 +306,7 @@ def run_pipeline(
     instead of the synthetic data) and its reading params (format, columns, time_unit). Splits too
     small to evaluate on (`tiny_data_warning`; the splits stage prints it) are the summary's and the
     run's `data_warning`."""
+    t_start = time.perf_counter()
     client = mlflow.MlflowClient()
     run_stage(project_uri, "data", {"size": size, "seed": seed, "data_dir": data_dir, **(data_params or {})}, "data")
     run_stage(project_uri, "preprocess", {"data_dir": data_dir}, "preprocess")
@@ -340,12 +372,15 @@ def run_pipeline(
         "train_runs": trained,
         "val_eval_run_id": choice["eval_run_id"],
         "test_eval_run_id": test_run,
+        "report": f"{client.get_run(test_run).info.artifact_uri}/evaluation/report.md",
         "register_run_id": register_run,
         "registered_version": reg.tags.get("registered_version"),
         "gate_decision": reg.tags.get("gate_decision"),
         "gate_reason": reg.tags.get("gate_reason"),
         "data_dir": str(data_dir),
         "data_warning": data_warning,
+        "example_request": example_request(str(data_dir)),
+        "seconds": time.perf_counter() - t_start,
     }
     mlflow.set_tags({
         "registered_version": summary["registered_version"] or "",
@@ -354,3 +389,68 @@ def run_pipeline(
     })
     mlflow.log_dict(summary, "pipeline/summary.json")
     return summary
+
+
+# -- the closing block ----------------------------------------------------------------------------
+
+
+def _fmt_ci(fig: Mapping, key: str) -> str:
+    value, low, high = fig.get(f"test_{key}"), fig.get(f"test_{key}_ci_low"), fig.get(f"test_{key}_ci_high")
+    if value is None:
+        return "n/a"
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]" if low is not None and high is not None else f"{value:.4f}"
+
+
+def _fmt_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _report_location(uri: str) -> str:
+    if uri.startswith("file://"):
+        uri = uri.removeprefix("file://")
+    if uri.startswith("/"):
+        return uri
+    return f"mlflow artifacts download -u {shlex.quote(uri)}"
+
+
+def summary_text(summary: Mapping, *, ui_command: str, api_address: str = "localhost:8088",
+                 run_location: str | None = None) -> str:
+    """The block `main` prints last and sets as its run's description: the test figures, the choice
+    on validation, the chosen model against the best baseline, the gate, and where to look next."""
+    chosen = summary["best_model"]
+    choice = summary.get("chosen") or {}
+    baseline = summary.get("best_baseline")
+    width = max(len(n) for n in [*summary["models"], *([baseline["name"]] if baseline else [])])
+    lines = [f"PlayListAI pipeline done in {_fmt_seconds(summary['seconds'])} (data in {summary['data_dir']})",
+             "test split, 95% intervals:"]
+    for model, fig in summary["models"].items():
+        mark = "  <- chosen" if model == chosen else ""
+        lines.append(f"  {model:<{width}}  nDCG@10 {_fmt_ci(fig, NDCG)}  Recall@20 {_fmt_ci(fig, RECALL)}{mark}")
+    if baseline:
+        lines.append(f"  {baseline['name']:<{width}}  nDCG@10 {_fmt_ci(baseline, NDCG)}  "
+                     f"Recall@20 {_fmt_ci(baseline, RECALL)}  (best baseline)")
+    if choice.get("runner_up"):
+        verb, verdict = _outcome(choice.get("comparison"))
+        tie = " (a tie: the first of models is taken)" if choice.get("tie") else ""
+        lines.append(f"chosen on validation: {chosen} {verb} {choice['runner_up']}: nDCG@10 "
+                     f"{_fmt_diff(choice.get('comparison') or {})}, {verdict}{tie}")
+    else:
+        lines.append(f"chosen: {chosen}, the only model trained (nothing to compare on validation)")
+    if baseline:
+        verb, verdict = _outcome(baseline.get("comparison"))
+        lines.append(f"on test: {chosen} {verb} the best baseline, {baseline['name']}: nDCG@10 "
+                     f"{_fmt_diff(baseline.get('comparison') or {})}, {verdict}")
+    else:
+        lines.append("on test: no baseline evaluated (baselines=false)")
+    lines.append(f"gate: {summary.get('gate_decision')} v{summary.get('registered_version')}: {summary.get('gate_reason')}")
+    if summary.get("data_warning"):
+        lines.append(f"warning: {summary['data_warning']}")
+    lines.append(f"runs:    {ui_command}" + (f"  ({run_location})" if run_location else ""))
+    lines.append(f"report:  {_report_location(summary['report'])}")
+    request = summary.get("example_request")
+    if request:
+        body = json.dumps(request, separators=(", ", ": "))
+        lines.append("try it:  make api, then")
+        lines.append(f"  curl -s {api_address}/continue -H 'content-type: application/json' -d {shlex.quote(body)}")
+    return "\n".join(lines)

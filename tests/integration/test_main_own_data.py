@@ -75,6 +75,12 @@ def test_main_on_a_users_file_writes_into_its_own_data_dir(clone, tiny_data_dir,
     # 40 users of the tiny data: too small to evaluate on, and said so (by splits, and by main at its end)
     assert "warning: splits: tiny data: " in proc.stderr
     assert "warning: main: tiny data: " in proc.stderr
+    # one summary block at the end: the figures, the (absent) choice, the gate, where to look next
+    block = proc.stdout[proc.stdout.index("PlayListAI pipeline done in "):]
+    assert "  gru4rec  nDCG@10 " in block and "chosen: gru4rec, the only model trained" in block
+    assert "on test: no baseline evaluated (baselines=false)" in block
+    assert "gate: promoted v1: only gru4rec was trained: no choice made; there is no production version yet" in block
+    assert "curl -s localhost:8088/continue -H 'content-type: application/json' -d '{\"tracks\": [" in block
     # the stages main runs print no "next:" of their own; main prints one, last
     nexts = [line for line in proc.stdout.splitlines() if line.startswith("next: ")]
     assert nexts == ["next: `make api`  or  `mlflow ui --backend-store-uri sqlite:///mlflow.db`"], nexts
@@ -91,5 +97,6 @@ def test_main_on_a_users_file_writes_into_its_own_data_dir(clone, tiny_data_dir,
     assert data_run.data.params["source"].strip("'") == source and data_run.data.params["user_col"] == "listener"
     assert data_run.data.params["data_dir"] == str(own.relative_to(clone))
     assert main_run.data.tags["data_warning"].startswith("tiny data: ")
+    assert main_run.data.tags["mlflow.note.content"] in proc.stdout
     assert {"stage_seconds/data", "stage_seconds/train_gru4rec"} <= set(main_run.data.metrics)
     assert client.get_model_version_by_alias("playlistai", "production").run_id == by_stage["register"].info.run_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,30 @@ def test_registry_tiny_main_chooses_on_validation_and_reports_test_from_one_run(
     summary = json.loads(mlflow.artifacts.load_text(f"runs:/{main_run.info.run_id}/pipeline/summary.json"))
     assert summary["chosen"]["on"] == "val" and summary["chosen"]["model"] == chosen
     assert summary["test_eval_run_id"] == test_run.info.run_id
+
+
+def test_registry_tiny_main_describes_its_run_with_the_summary_block(tiny_pipeline):
+    _, main_run = tiny_pipeline
+    tags = main_run.data.tags
+    note = tags["mlflow.note.content"]
+    lines = note.splitlines()
+    assert lines[0].startswith("PlayListAI pipeline done in ")
+    for model in main_run.data.params["models"].split(","):
+        line = next(x for x in lines if x.strip().startswith(f"{model} "))
+        assert "nDCG@10 " in line and "Recall@20 " in line, line
+    assert any(x.strip().startswith(f"{tags['best_baseline']} ") and x.endswith("(best baseline)") for x in lines)
+    assert f"chosen on validation: {tags['best_model']} " in note
+    on_test = next(x for x in lines if x.startswith(f"on test: {tags['best_model']} "))
+    assert f" the best baseline, {tags['best_baseline']}: nDCG@10 " in on_test
+    assert f"gate: {tags['gate_decision']} v{tags['registered_version']}: {tags['gate_reason']}" in lines
+    assert any(x.startswith("runs:    mlflow ui --backend-store-uri ") for x in lines)
+    report = next(x for x in lines if x.startswith("report:  ")).removeprefix("report:  ")
+    assert report.endswith(f"{tags['test_eval_run_id']}/artifacts/evaluation/report.md")
+    assert open(report).read().strip()
+    curl = shlex.split(lines[-1])
+    body = json.loads(curl[-1])
+    ids = set(load_recommender(f"models:/{NAME}@production").vocab.track_ids)
+    assert curl[2].endswith("/continue") and body["tracks"] and set(body["tracks"]) <= ids
 
 
 def test_registry_production_model_recommends_in_a_fresh_process(tiny_pipeline, make_stage_env):
