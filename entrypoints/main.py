@@ -68,6 +68,8 @@ def main(received: Received) -> None:
             # the run's description: whoever opens the run in MLflow's UI reads what the terminal showed
             mlflow.set_tag(DESCRIPTION_TAG, text[:MAX_TAG_CHARS])
         typer.echo(text)
+        # every stage ends with the one line that names its run (docs/ARCHITECTURE.md, "Runs")
+        typer.echo(f"main: {run_location(run.info.run_id)}, a child run per stage")
         if summary.get("data_warning"):
             typer.echo(f"warning: main: {summary['data_warning']}", err=True)
         echo_next("make api", ui_command(settings))

@@ -35,6 +35,8 @@ def main(received: Received) -> None:
         with stage_run("train", plan.run_params, tags=plan.tags, settings=settings, run_name=plan.run_name):
             outcome = run_train_stage(plan)
         best = outcome.summary.get("best_metrics", {})
+        if outcome.neighbour_mix is not None:
+            typer.echo(outcome.neighbour_mix.describe())
         typer.echo(
             f"train: {params.model} best epoch {outcome.summary.get('best_epoch')} "
             f"(stopped by {outcome.summary.get('stop_reason', 'epochs')}) "
@@ -42,8 +44,6 @@ def main(received: Received) -> None:
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
             f"in {outcome.wall_seconds:,.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
         )
-        if outcome.neighbour_mix is not None:
-            typer.echo(f"  {outcome.neighbour_mix.describe()}")
         echo_next(*after_training(outcome.run_id, params.data_dir, settings.DATA_DIR))
 
 
