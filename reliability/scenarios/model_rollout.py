@@ -23,6 +23,7 @@ from reliability.load import LoadGenerator, RequestMix, first_error
 KEY = "3"
 TITLE = "Model rollout during load"
 SWITCH_SLACK_S = 1.0        # the time between a poll's load and the next response on that worker
+PROBES_PER_SWITCH = 6       # probe requests sent once every worker serves the new version
 
 
 def run(ws) -> ScenarioResult:
@@ -33,13 +34,28 @@ def _versions_on_every_worker(api, version: str) -> bool:
     return all(h.get("model_version") == version for h in api.healthz_all_workers())
 
 
-def _switch(ws, api, generator, old: str, new: str, timeout_s: float) -> tuple[float, float]:
-    """Move the alias to `new`; -> (when it moved, seconds until every worker serves it)."""
+def _probe(api, body: bytes) -> list[tuple[str, tuple]]:
+    """(version, slate) of the probe request, sent on fresh connections (so to every worker in turn).
+
+    The load sends the probe too, but as one of its hot bodies: on a loaded machine a version can
+    serve for less time than the load takes to come back to it, so each version is probed here as well.
+    """
+    answers = []
+    for _ in range(PROBES_PER_SWITCH):
+        status, payload = api.post("/continue", body)
+        if status == 200:
+            answers.append((payload["model_version"], tuple(item["track_id"] for item in payload["items"])))
+    return answers
+
+
+def _switch(ws, api, generator, old: str, new: str, timeout_s: float) -> tuple[float, float, list]:
+    """Move the alias to `new`; -> (when it moved, seconds until every worker serves it, the probes' answers)."""
     ws.set_production(new)
     moved_at = generator.now()
     took = wait_until(lambda: _versions_on_every_worker(api, new), timeout_s, 0.1, f"every worker on version {new}")
+    probes = _probe(api, generator.mix.probe)
     time.sleep(ws.profile.poll_s)      # keep the load on the new version for a while
-    return moved_at, took
+    return moved_at, took, probes
 
 
 def _monotone_per_client(records, phases) -> list[str]:
@@ -67,8 +83,8 @@ def _run(ws, result: ScenarioResult) -> None:
     timeout_s = 3 * profile.poll_s + 120
     try:
         time.sleep(profile.poll_s)
-        forward_at, forward_s = _switch(ws, api, generator, old, new, timeout_s)
-        back_at, back_s = _switch(ws, api, generator, new, old, timeout_s)
+        forward_at, forward_s, probes = _switch(ws, api, generator, old, new, timeout_s)
+        back_at, back_s, probes_back = _switch(ws, api, generator, new, old, timeout_s)
     finally:
         records = generator.stop()
     end = generator.now()
@@ -85,6 +101,8 @@ def _run(ws, result: ScenarioResult) -> None:
     for r in answered:
         if r.probe_items is not None:
             probe_slates.setdefault(r.model_version, set()).add(r.probe_items)
+    for version, slate in probes + probes_back:
+        probe_slates.setdefault(version, set()).add(slate)
     backwards = _monotone_per_client(records, [(forward_at, back_at, old, new), (back_at, end, new, old)])
     stale_after_forward = [r for r in answered if r.sent_at >= forward_at + forward_s and r.sent_at < back_at
                            and r.model_version != new]
