@@ -47,9 +47,9 @@ class SequenceRecommender(nn.Module):
     matters where history tracks may be recommended (`exclude_seen=false`).
 
     The neighbours (models/neighbours.py) are the training sessions most like this one: their
-    votes lift the tracks those sessions went on to hold. The weight is fitted on validation once
-    training ends (training/score_mix.py), with the repeat bonus, because votes lift history
-    tracks too. The sessions travel beside the weights in the checkpoint (not a tensor: sparse).
+    votes lift the tracks those sessions went on to hold (and, with a share of their own, the
+    tracks that came right after the last one). The weight is fitted on validation once training
+    ends (training/neighbour_mix.py), with the repeat bonus, because votes lift history tracks too. The sessions travel beside the weights in the checkpoint (not a tensor: sparse).
     """
 
     config: ModelConfig

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from playlistai.data.sequences import EncodedSessions
-from playlistai.models.neighbours import SessionNeighbours
+from playlistai.models.neighbours import SessionNeighbours, transition_counts
 
 PAD = 0
 
@@ -153,12 +153,7 @@ class ItemTransitions(Baseline):
     def fit(self, sessions: EncodedSessions, vocab_size: int) -> ItemTransitions:
         rows, items, _ = _flatten(sessions)
         self.vocab_size = vocab_size
-        same_session = rows[1:] == rows[:-1]
-        src, dst = items[:-1][same_session], items[1:][same_session]
-        self.transitions = sp.csr_matrix(
-            (np.ones(len(src), dtype=np.float32), (src, dst)), shape=(vocab_size, vocab_size)
-        )
-        self.transitions.sum_duplicates()
+        self.transitions = transition_counts(rows, items, vocab_size)
         self.tiebreak = _popularity_tiebreak(np.bincount(items, minlength=vocab_size)).astype(np.float32)
         return self
 

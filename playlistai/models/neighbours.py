@@ -11,6 +11,12 @@ sim(h, s) = sum over tracks i in both of w_h(i) / sqrt(|s|), with w_h decaying l
 last track) to 1/m (the m-th most recent); only the `recent_items` most recent tracks take part.
 The `k` most similar sessions vote for their tracks with their similarity. Everything is a sparse
 product, so a request costs what its neighbours hold, not what the catalog holds.
+
+A neighbour's vote knows which tracks a session held, not their order. Where listening is close to
+first-order (one track habitually follows another), the counts of "j right after i" from the last
+track say more about the very next track, so the votes can carry the last track's transitions
+beside them: `transition_share` x the transition counts (scaled to [0, 1] per row, like the votes).
+The share is fitted with the votes' weight (training/score_terms.py); 0 leaves the pure V-SKNN vote.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class SessionNeighbours:
     sessions: sp.csr_matrix               # [S, V] float32: 1 where session s holds track v
     k: int = 100                          # neighbours that vote
     recent_items: int | None = 3          # history tracks that find them (None: all)
+    transitions: sp.csr_matrix | None = None   # [V, V] float32: times j came right after i
+    transition_share: float = 0.0         # weight of the last track's transitions beside the votes
     _by_track: sp.csr_matrix = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -37,6 +45,12 @@ class SessionNeighbours:
             raise ValueError("k must be >= 1")
         if self.recent_items is not None and self.recent_items < 1:
             raise ValueError("recent_items must be >= 1 (or None for the whole history)")
+        if self.transition_share < 0:
+            raise ValueError("transition_share must be >= 0")
+        if self.transition_share and self.transitions is None:
+            raise ValueError("transition_share > 0 needs the transition counts")
+        if self.transitions is not None and self.transitions.shape != (self.vocab_size, self.vocab_size):
+            raise ValueError(f"transitions must be {self.vocab_size} x {self.vocab_size}, got {self.transitions.shape}")
         sizes = np.asarray(self.sessions.sum(axis=1)).ravel()
         norm = sp.diags((1.0 / np.sqrt(np.maximum(sizes, 1.0))).astype(np.float32))
         self._by_track = (norm @ self.sessions).T.tocsr().astype(np.float32)   # [V, S], cosine-normalised
@@ -53,9 +67,11 @@ class SessionNeighbours:
         k: int = 100,
         recent_items: int | None = 3,
         max_sessions: int | None = None,
+        with_transitions: bool = False,
     ) -> SessionNeighbours:
         """From encoded sessions (vocabulary indices) in time order; `max_sessions` keeps the most
-        recent ones, which bounds memory on long logs and keeps the votes current."""
+        recent ones, which bounds memory on long logs and keeps the votes current.
+        `with_transitions` also counts the sessions' transitions (share 0 until one is set)."""
         if max_sessions is not None:
             sessions = sessions[-max_sessions:]
         lengths = np.fromiter((len(x) for x in sessions), dtype=np.int64, count=len(sessions))
@@ -66,7 +82,8 @@ class SessionNeighbours:
         )
         membership.sum_duplicates()
         membership.data[:] = 1.0                   # a session holds a track or not
-        return cls(membership, k=k, recent_items=recent_items)
+        transitions = transition_counts(rows, items, vocab_size) if with_transitions else None
+        return cls(membership, k=k, recent_items=recent_items, transitions=transitions)
 
     def _history_weights(self, histories: np.ndarray) -> sp.csr_matrix:
         """[B, L] left-padded histories -> [B, V] recency weights of their recent tracks."""
@@ -89,29 +106,44 @@ class SessionNeighbours:
     def votes(self, histories: np.ndarray) -> sp.csr_matrix:
         """[B, L] left-padded histories -> [B, V] sparse votes (0 where no neighbour holds a track)."""
         similarity = (self._history_weights(histories) @ self._by_track).tocsr()        # [B, S]
-        keep = np.zeros(similarity.nnz, dtype=bool)
-        for row in range(similarity.shape[0]):
-            lo, hi = similarity.indptr[row], similarity.indptr[row + 1]
-            if hi - lo <= self.k:
-                keep[lo:hi] = True
-            else:
-                # most similar first; among equals the most recent session (higher index) wins
-                values, sessions = similarity.data[lo:hi], similarity.indices[lo:hi]
-                keep[lo + np.lexsort((-sessions, -values))[: self.k]] = True
-        similarity.data = np.where(keep, similarity.data, 0.0).astype(np.float32)
+        similarity.sort_indices()
+        # one sort for the whole batch: by row, most similar first, among equals the most recent
+        # session (higher index); a row keeps its first k
+        rows = np.repeat(np.arange(similarity.shape[0]), np.diff(similarity.indptr))
+        order = np.lexsort((-similarity.indices, -similarity.data, rows))
+        place = np.empty(similarity.nnz, dtype=np.int64)
+        place[order] = np.arange(similarity.nnz) - similarity.indptr[rows[order]]
+        similarity.data = np.where(place < self.k, similarity.data, 0.0).astype(np.float32)
         similarity.eliminate_zeros()
         votes = (similarity @ self.sessions).tocsr()
         votes.sort_indices()
         return votes
 
+    def last_track_transitions(self, histories: np.ndarray) -> sp.csr_matrix:
+        """[B, L] left-padded histories -> [B, V] transition counts from each row's last track."""
+        histories = np.asarray(histories, dtype=np.int64)
+        if self.transitions is None:
+            return sp.csr_matrix((len(histories), self.vocab_size), dtype=np.float32)
+        last = histories[:, -1] if histories.shape[1] else np.zeros(len(histories), np.int64)
+        # PAD's row is empty: a row with no history gets no transitions
+        counts = self.transitions[last].tocsr()
+        counts.sort_indices()
+        return counts
+
+    def scaled_vote_terms(self, histories: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """[B, V] votes and [B, V] last-track transitions, each divided by its row's largest (so in
+        [0, 1]): a weight on them is then in the units of the model's scores, whatever the size of
+        the neighbourhood or the counts."""
+        return _scaled_rows(self.votes(histories)), _scaled_rows(self.last_track_transitions(histories))
+
     def scaled_votes_sparse(self, histories: np.ndarray) -> sp.csr_matrix:
-        """[B, V] votes divided by each row's largest (so in [0, 1]): a weight on them is then in
-        the units of the model's scores, whatever the size of the neighbourhood."""
-        votes = self.votes(histories)
-        peak = np.asarray(votes.max(axis=1).todense()).ravel()
-        scaled = (sp.diags((1.0 / np.where(peak > 0, peak, 1.0)).astype(np.float32)) @ votes).tocsr()
-        scaled.sort_indices()
-        return scaled
+        """[B, V] scaled votes + `transition_share` x scaled transitions (`scaled_vote_terms`)."""
+        if not self.transition_share:
+            return _scaled_rows(self.votes(histories))
+        votes, transitions = self.scaled_vote_terms(histories)
+        mixed = (votes + np.float32(self.transition_share) * transitions).tocsr().astype(np.float32)
+        mixed.sort_indices()
+        return mixed
 
     def scaled_votes(self, histories) -> torch.Tensor:
         """`scaled_votes_sparse` as a dense float32 [B, V] tensor."""
@@ -121,14 +153,20 @@ class SessionNeighbours:
     # -- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """One .npz: the membership matrix's CSR arrays and the two settings."""
+        """One .npz: the membership matrix's CSR arrays, the settings and, when the votes use them,
+        the transition counts' CSR arrays."""
         m = self.sessions
+        arrays = dict(
+            indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
+            shape=np.asarray(m.shape, dtype=np.int64), k=np.int64(self.k),
+            recent_items=np.int64(self.recent_items or 0), transition_share=np.float64(self.transition_share),
+        )
+        if self.transition_share:
+            t = self.transitions
+            arrays.update(t_indptr=t.indptr.astype(np.int64), t_indices=t.indices.astype(np.int32),
+                          t_counts=t.data.astype(np.float32))
         with open(path, "wb") as fh:
-            np.savez(
-                fh, indptr=m.indptr.astype(np.int64), indices=m.indices.astype(np.int32),
-                shape=np.asarray(m.shape, dtype=np.int64), k=np.int64(self.k),
-                recent_items=np.int64(self.recent_items or 0),
-            )
+            np.savez(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> SessionNeighbours:
@@ -138,4 +176,30 @@ class SessionNeighbours:
                 raise ValueError(f"{path} does not hold a sessions x tracks matrix")
             sessions = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape)
             recent = int(z["recent_items"])
-            return cls(sessions, k=int(z["k"]), recent_items=recent or None)
+            # files written before transitions existed hold the votes alone
+            share = float(z["transition_share"]) if "transition_share" in z.files else 0.0
+            transitions = None
+            if share:
+                t_indptr, t_indices = z["t_indptr"], z["t_indices"]
+                if len(t_indptr) != shape[1] + 1 or (len(t_indices) and t_indices.max() >= shape[1]):
+                    raise ValueError(f"{path} does not hold a tracks x tracks transition matrix")
+                transitions = sp.csr_matrix((z["t_counts"], t_indices, t_indptr), shape=(shape[1], shape[1]))
+            return cls(sessions, k=int(z["k"]), recent_items=recent or None, transitions=transitions,
+                       transition_share=share)
+
+
+def transition_counts(rows: np.ndarray, items: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """[V, V] float32 counts of "j right after i" from events in session order (`rows`: session of each)."""
+    same_session = rows[1:] == rows[:-1]
+    src, dst = items[:-1][same_session], items[1:][same_session]
+    counts = sp.csr_matrix((np.ones(len(src), dtype=np.float32), (src, dst)), shape=(vocab_size, vocab_size))
+    counts.sum_duplicates()
+    return counts
+
+
+def _scaled_rows(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """Each row divided by its largest value (rows of zeros stay zeros)."""
+    peak = np.asarray(matrix.max(axis=1).todense()).ravel()
+    scaled = (sp.diags((1.0 / np.where(peak > 0, peak, 1.0)).astype(np.float32)) @ matrix).tocsr()
+    scaled.sort_indices()
+    return scaled

@@ -1,4 +1,4 @@
-"""The score terms (repeat bonus, neighbours' votes): ranks from the kept evidence match a full
+"""The score terms (repeat bonus, neighbours' votes, the last track's transitions): ranks from the kept evidence match a full
 re-scoring, validation fits them, scoring and old checkpoints honour them."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from playlistai.models import ModelConfig, build_model
 from playlistai.models.base import add_repeat_bonus
 from playlistai.models.neighbours import SessionNeighbours
 from playlistai.training.loop import TrainConfig, validate
-from playlistai.training.score_terms import collect_evidence, fit_terms
+from playlistai.training.score_terms import TRANSITION_SHARES, WEIGHT_MULTIPLES, collect_evidence, fit_terms
 
 V, L = 300, 8
 
@@ -118,7 +118,7 @@ def _neighbours(cases: NextTrackCases, informative: bool, seed: int = 2) -> Sess
     if informative:
         for hist, target in zip(cases.histories, cases.targets, strict=True):
             sessions.append(np.asarray([hist[-1], target, rng.integers(1, V)]))
-    return SessionNeighbours.fit(sessions, V, k=10, recent_items=3)
+    return SessionNeighbours.fit(sessions, V, k=10, recent_items=3, with_transitions=True)
 
 
 def _brute_force_mixed_ranks(model, cases, neighbours, bonus, weight, max_k, exclude_seen):
@@ -145,16 +145,17 @@ def test_ranks_with_neighbours_equal_a_full_rescoring(max_k, exclude_seen):
                                 exclude_seen=exclude_seen)
     assert evidence.support_scores.shape[1] > L      # the votes reach beyond the history
     spread = evidence.gap_sum / len(evidence)
-    for bonus in [0.0, spread, 1e6]:
-        for weight in [0.0, 0.3 * spread, spread, 4 * spread, 1e6]:
-            want = _brute_force_mixed_ranks(model, cases, neighbours, 0.0 if exclude_seen else bonus, weight,
-                                            max_k, exclude_seen)
-            np.testing.assert_array_equal(evidence.ranks(0.0 if exclude_seen else bonus, weight), want)
+    for share in [0.0, 0.5, 4.0]:
+        neighbours.transition_share = share          # what scoring adds: votes + share x transitions
+        for bonus in [0.0, spread, 1e6]:
+            for weight in [0.0, 0.3 * spread, spread, 4 * spread, 1e6]:
+                want = _brute_force_mixed_ranks(model, cases, neighbours, 0.0 if exclude_seen else bonus, weight,
+                                                max_k, exclude_seen)
+                got = evidence.ranks(0.0 if exclude_seen else bonus, weight, share)
+                np.testing.assert_array_equal(got, want)
 
 
 def test_the_fit_weighs_informative_neighbours_and_ignores_noise():
-    from playlistai.training.score_terms import WEIGHT_MULTIPLES
-
     model, cases = _model(), _cases(400, repeat_share=0.2)
     keys = ["recall_at_20", "ndcg_at_10", "mrr_at_20"]
     fits, alone = {}, {}
@@ -166,3 +167,33 @@ def test_the_fit_weighs_informative_neighbours_and_ignores_noise():
     assert fits[True].weight > 0
     assert fits[True].metrics["ndcg_at_10"] > alone[True].metrics["ndcg_at_10"] + 0.01
     assert fits[True].metrics["ndcg_at_10"] > fits[False].metrics["ndcg_at_10"] + 0.01
+
+
+def test_the_fit_gives_transitions_a_share_where_they_know_the_next_track_and_the_votes_do_not():
+    model, cases = _model(), _cases(400, repeat_share=0.0)
+    rng = np.random.default_rng(3)
+    sessions = [rng.integers(1, V, size=rng.integers(2, 6)) for _ in range(300)]
+    for hist, target in zip(cases.histories, cases.targets, strict=True):
+        # the target came right after the last track once; five other tracks came right before it,
+        # so every one of these sessions holds the last track and the votes cannot tell them apart
+        sessions.append(np.asarray([hist[-1], target]))
+        sessions.extend(np.asarray([rng.integers(1, V), hist[-1]]) for _ in range(5))
+    neighbours = SessionNeighbours.fit(sessions, V, k=10, recent_items=3, with_transitions=True)
+    evidence = collect_evidence(model, cases, max_k=20, neighbours=neighbours)
+    keys = ["recall_at_20", "ndcg_at_10", "mrr_at_20"]
+    votes_only = fit_terms(evidence, keys, (10, 20), "ndcg_at_10", weight_multiples=WEIGHT_MULTIPLES)
+    with_share = fit_terms(evidence, keys, (10, 20), "ndcg_at_10", weight_multiples=WEIGHT_MULTIPLES,
+                           shares=TRANSITION_SHARES)
+    assert votes_only.share == 0.0 and with_share.share > 0 and with_share.weight > 0
+    assert with_share.metrics["mrr_at_20"] > votes_only.metrics["mrr_at_20"] + 0.05
+    # the fitted metrics are what ranks under the fitted terms give
+    again = evidence.metric_sums(keys, (10, 20), with_share.bonus, with_share.weight, with_share.share)
+    assert [v / len(evidence) for v in again] == pytest.approx([with_share.metrics[k] for k in keys])
+
+
+def test_a_fixed_bonus_is_kept_through_every_step_of_the_fit():
+    model, cases = _model(), _cases(200, repeat_share=0.5)
+    evidence = collect_evidence(model, cases, max_k=20, neighbours=_neighbours(cases, informative=True))
+    fitted = fit_terms(evidence, ["ndcg_at_10"], (10,), "ndcg_at_10", weight_multiples=WEIGHT_MULTIPLES,
+                       shares=TRANSITION_SHARES, fixed_bonus=0.123)
+    assert fitted.bonus == 0.123
