@@ -202,8 +202,18 @@ BENCH_SERVE_SIZES ?= default
 BENCH_SERVE_ARGS ?=
 .PHONY: api bench-serve
 
+# gunicorn with the edge's uvicorn workers, one per core unless WEB_CONCURRENCY says otherwise
+# (`python -m serving` is one process). /metrics sums the workers through PROMETHEUS_MULTIPROC_DIR:
+# a fresh temporary folder, removed when the server stops, unless the environment names one. The
+# shell traps INT and TERM so that it waits for gunicorn's graceful stop before it removes the folder.
 api: $(STAMP)
-	$(VENV)/bin/uvicorn serving.main:app --host $(API_HOST) --port $(API_PORT) --no-access-log
+	@metrics_dir="$${PROMETHEUS_MULTIPROC_DIR:-}"; \
+	if [ -z "$$metrics_dir" ]; then \
+	  metrics_dir=$$(mktemp -d -t playlistai-metrics.XXXXXX) && trap 'rm -rf "$$metrics_dir"' EXIT; \
+	fi; \
+	trap : INT TERM; \
+	PROMETHEUS_MULTIPROC_DIR="$$metrics_dir" API_HOST=$(API_HOST) API_PORT=$(API_PORT) \
+	  $(VENV)/bin/gunicorn serving.main:app -c serving/gunicorn_conf.py
 
 bench-serve: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

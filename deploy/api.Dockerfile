@@ -40,7 +40,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     API_HOST=0.0.0.0 \
     API_PORT=8088 \
-    WEB_CONCURRENCY=2 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/playlistai-metrics \
     MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
 WORKDIR /app

@@ -6,6 +6,7 @@ the key, so a typo in a deployment is caught before any work is done.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Literal
 
@@ -15,6 +16,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the key."""
+
+
+MAX_WEB_CONCURRENCY = 64
+
+
+def available_cpus() -> int:
+    """Cores this process may run on: its affinity mask where the OS has one (taskset, a container's
+    cpuset), else every core of the machine. A CPU quota (a Kubernetes CPU limit) is not seen here."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+def default_web_concurrency() -> int:
+    """One gunicorn worker per available core: a worker scores on one thread (TORCH_THREADS)."""
+    return min(available_cpus(), MAX_WEB_CONCURRENCY)
 
 
 class Settings(BaseSettings):
@@ -61,7 +78,8 @@ class Settings(BaseSettings):
     LOCAL_CACHE_MAX_BYTES: int = Field(32 * 2**20, ge=2**16, description="bytes the in-process cache of one worker "
                                        "may hold (keys, responses and their overhead); the oldest go first")
     MAX_REQUEST_BYTES: int = Field(1_048_576, ge=1024)
-    WEB_CONCURRENCY: int = Field(1, ge=1, le=64, description="gunicorn workers")
+    WEB_CONCURRENCY: int = Field(default_factory=default_web_concurrency, ge=1, le=MAX_WEB_CONCURRENCY,
+                                 description="gunicorn workers; unset = one per available core")
 
     # serving: the edge (serving/edge.py: what gunicorn's uvicorn workers enforce before the app runs)
     MAX_HEADER_BYTES: int = Field(16_384, ge=1024, le=1_048_576, description="request line and headers of one "

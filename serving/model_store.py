@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from playlistai.config import available_cpus
 from playlistai.model_ref import ModelRef
 from serving.lifecycle import LIFECYCLE
 from serving.metrics import (
@@ -459,4 +460,4 @@ def inference_threads(settings) -> int:
     (BENCHMARKS.md). Throughput comes from workers (WEB_CONCURRENCY) instead. 0 = cores / workers.
     The Recommender applies it to torch and FAISS when it loads (default_loader).
     """
-    return settings.TORCH_THREADS or max(1, (os.cpu_count() or 1) // max(1, settings.WEB_CONCURRENCY))
+    return settings.TORCH_THREADS or max(1, available_cpus() // max(1, settings.WEB_CONCURRENCY))

@@ -35,3 +35,21 @@ def test_environment_overrides(monkeypatch):
     s = load_settings()
     assert s.SESSION_GAP_MIN == 30 and s.USE_FAISS is True
     assert s.model_family == "sasrec"
+
+
+def test_web_concurrency_defaults_to_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert Settings(_env_file=None).WEB_CONCURRENCY == 3          # the affinity mask, not the machine
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert Settings(_env_file=None).WEB_CONCURRENCY == 16         # no affinity on this OS: every core
+    monkeypatch.setattr(os, "cpu_count", lambda: 256)
+    assert Settings(_env_file=None).WEB_CONCURRENCY == 64         # capped at the setting's maximum
+    monkeypatch.setenv("WEB_CONCURRENCY", "5")
+    assert load_settings().WEB_CONCURRENCY == 5                   # the environment still decides
+    monkeypatch.setenv("WEB_CONCURRENCY", "0")
+    with pytest.raises(SettingsError, match="WEB_CONCURRENCY"):
+        load_settings()

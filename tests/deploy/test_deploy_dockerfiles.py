@@ -29,6 +29,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from playlistai.config import default_web_concurrency
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DOCKERFILES = {"api": DEPLOY / "api.Dockerfile", "train": DEPLOY / "train.Dockerfile"}
@@ -217,7 +219,9 @@ def test_api_image_command_serves_when_run_directly(tmp_path, free_port, subproc
         check = subprocess.run([sys.executable, *probe[1:]], env=env, capture_output=True, timeout=10)
         assert check.returncode == 0, check.stderr
 
-        workers = int(env["WEB_CONCURRENCY"])
+        # the image pins no WEB_CONCURRENCY: a worker per core this process may run on
+        assert "WEB_CONCURRENCY" not in dfp.envs
+        workers = int(env.get("WEB_CONCURRENCY") or default_web_concurrency())
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == workers, f"{workers} uvicorn workers expected, got {children}"
     finally:

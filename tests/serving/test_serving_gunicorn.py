@@ -1,16 +1,20 @@
-"""The production command, run once: gunicorn with two uvicorn workers, metrics summed over both."""
+"""The production command, run once: gunicorn with two uvicorn workers, metrics summed over both;
+and `make api`, which runs it with a worker per core and a metrics folder of its own."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-from reliability.components import free_port
+from reliability.components import VENV_BIN, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -141,3 +145,87 @@ def test_sigterm_to_the_master_lets_the_accepted_requests_finish(tmp_path):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+CONTINUE_200 = 'requests_total{method="POST",route="/continue",status="200"}'
+
+
+def per_worker_counts(metrics_dir: Path, sample: str, scratch: Path) -> dict[int, float]:
+    """`sample` in each worker's own counter file (counter_<pid>.db), read one file at a time by
+    prometheus-client's multiprocess collector, the one /metrics sums them with."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        alone = scratch / str(pid)
+        alone.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        counts[pid] = counter_value(generate_latest(registry).decode(), sample)
+    return counts
+
+
+def gunicorn_processes(make: subprocess.Popen) -> tuple[psutil.Process, list[psutil.Process]]:
+    """(master, workers) of the gunicorn that `make api` started."""
+    servers = [p for p in psutil.Process(make.pid).children(recursive=True) if "serving.main:app" in p.cmdline()]
+    master = next(p for p in servers if p.ppid() not in {s.pid for s in servers})
+    return master, master.children()
+
+
+def test_make_api_serves_with_two_workers_and_metrics_count_both(tiny_registry, tmp_path):
+    """`make api` on a real packaged model, WEB_CONCURRENCY=2: each worker answers some requests, and
+    /metrics counts every one of them, summed from a folder that make created and removes at the end."""
+    port = free_port()
+    venv = VENV_BIN.parent
+    env = {**os.environ, "MODEL_URI": str(tiny_registry["packages"]["1"]), "WEB_CONCURRENCY": "2",
+           "REDIS_URL": "", "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)          # make api chooses one
+    log_path = tmp_path / "make-api.log"
+    with log_path.open("w") as log:
+        # -o: the venv is set up already; make must not reinstall it for a newer pyproject.toml
+        make = subprocess.Popen(["make", "-o", f"{venv}/.installed", "api", f"VENV={venv}", f"API_PORT={port}"],
+                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ready: set[str] = set()
+        deadline = time.monotonic() + 120
+        while len(ready) < 2 and time.monotonic() < deadline:
+            assert make.poll() is None, log_path.read_text()[-3000:]
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2).json()
+                if health["model_loaded"]:
+                    ready.add(health["worker"])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert len(ready) == 2, log_path.read_text()[-3000:]
+
+        master, workers = gunicorn_processes(make)
+        assert len(workers) == 2
+        metrics_dir = Path(master.environ()["PROMETHEUS_MULTIPROC_DIR"])
+        assert metrics_dir.parent == tmp_path and metrics_dir.name.startswith("playlistai-metrics")
+
+        sent, counts = 0, {}
+        # new connections until both workers have served some (the kernel picks the accepting worker)
+        while sent < 400 and sum(1 for n in counts.values() if n > 0) < 2:
+            for _ in range(10):
+                response = httpx.post(f"{base}/continue", json={"tracks": ["t000001", "t000002"], "k": 5,
+                                                                "context": {"hour": sent % 24, "dow": 3}}, timeout=10)
+                assert response.status_code == 200, response.text
+                sent += 1
+            counts = per_worker_counts(metrics_dir, CONTINUE_200, tmp_path / "one-worker")
+        served = {pid: n for pid, n in counts.items() if n > 0}
+        assert set(served) == {w.pid for w in workers}, (counts, [w.pid for w in workers])
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert counter_value(metrics, CONTINUE_200) == sent == sum(served.values()), (served, metrics[:2000])
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        try:
+            make.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait(timeout=10)
+    assert not list(tmp_path.glob("playlistai-metrics*")), "make api left its metrics folder behind"
