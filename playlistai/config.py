@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     SHUTDOWN_GRACE_S: float = Field(15, gt=0, le=600, description="after the drain: seconds the accepted requests "
                                     "have to finish before the worker exits anyway")
     TORCH_THREADS: int = Field(1, ge=0, le=256, description="inference threads per API worker; 0 = cores / workers")
+    ITEM_TABLE_DTYPE: Literal["float32", "bfloat16"] = Field(
+        "float32", description="how the API stores the item table of exact scoring: bfloat16 halves its memory and "
+        "its scoring time on large catalogs, at about 0.4 % of score precision (scores stay float32)")
 
     # monitoring: live traffic features for drift, the drift job, and where it reports
     TRAFFIC_STREAM_KEY: str = Field("playlistai:traffic:v1", min_length=1, description="Redis stream of request features")

@@ -81,8 +81,10 @@ def create_app(
         load = loader
         if load is None:
             threads = inference_threads(settings)
-            load = default_loader(settings.MLFLOW_TRACKING_URI, num_threads=threads)
-            log.info("inference uses %d thread(s) per worker", threads)
+            load = default_loader(settings.MLFLOW_TRACKING_URI, num_threads=threads,
+                                  item_table_dtype=settings.ITEM_TABLE_DTYPE)
+            log.info("inference uses %d thread(s) per worker, the item table in %s", threads,
+                     settings.ITEM_TABLE_DTYPE)
             # models are logged from code and loaded from their package (SHA-256 checked, weights
             # read with weights_only=True): nothing here needs MLflow to unpickle, so it must not
             os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")

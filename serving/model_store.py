@@ -228,17 +228,18 @@ def mlflow_alias_resolver(tracking_uri: str) -> AliasResolver:
     return resolve
 
 
-def default_loader(tracking_uri: str, num_threads: int | None = None) -> Loader:
+def default_loader(tracking_uri: str, num_threads: int | None = None, item_table_dtype: str = "float32") -> Loader:
     """A local folder (a model package, or a pyfunc model folder holding one) loads directly;
     registry and `runs:/` URIs load through the MLflow pyfunc. Either way the Recommender applies
-    `num_threads` (inference_threads) to torch and FAISS."""
+    `num_threads` (inference_threads) to torch and FAISS, and stores its item table in
+    `item_table_dtype` (ITEM_TABLE_DTYPE)."""
 
     def load(uri: str):
         directory = ModelRef.parse(uri).local_dir
         if directory is not None:
             from playlistai.inference import Recommender
 
-            return Recommender.from_directory(directory, num_threads=num_threads)
+            return Recommender.from_directory(directory, num_threads=num_threads, item_table_dtype=item_table_dtype)
         import mlflow
 
         try:
@@ -247,7 +248,7 @@ def default_loader(tracking_uri: str, num_threads: int | None = None) -> Loader:
             from playlistai.registry.pyfunc import load_recommender
 
         mlflow.set_tracking_uri(tracking_uri)
-        return load_recommender(uri, num_threads)
+        return load_recommender(uri, num_threads, item_table_dtype)
 
     return load
 

@@ -53,3 +53,13 @@ def test_web_concurrency_defaults_to_the_cores_this_process_may_use(monkeypatch)
     monkeypatch.setenv("WEB_CONCURRENCY", "0")
     with pytest.raises(SettingsError, match="WEB_CONCURRENCY"):
         load_settings()
+
+
+def test_item_table_dtype_takes_float32_or_bfloat16(monkeypatch):
+    monkeypatch.delenv("ITEM_TABLE_DTYPE", raising=False)
+    assert load_settings().ITEM_TABLE_DTYPE == "float32"
+    monkeypatch.setenv("ITEM_TABLE_DTYPE", "bfloat16")
+    assert load_settings().ITEM_TABLE_DTYPE == "bfloat16"
+    monkeypatch.setenv("ITEM_TABLE_DTYPE", "fp16")
+    with pytest.raises(SettingsError, match=r"ITEM_TABLE_DTYPE: Input should be 'float32' or 'bfloat16' \(got 'fp16'\)"):
+        load_settings()

@@ -6,7 +6,8 @@ How a request is answered:
    Only the most recent `max_seq_len` known tracks reach the model (it was trained on no more).
 2. No known track: the cold-start popularity table for the request's hour answers (fallback=True).
 3. Otherwise the model turns (history, hour, dow) into one query vector, and
-   - exact: scores = query @ item table (one matrix product), then a partial top-k (torch.topk);
+   - exact: scores = query @ item table (one matrix product; the table in float32 or bfloat16,
+     `item_table_dtype`, the scores float32 either way), then a partial top-k (torch.topk);
    - ANN: FAISS returns `cand_topk` candidates by inner product, which are re-scored exactly and
      ranked; when filters leave fewer than k of them, that request is answered exactly instead.
 4. Filters: tracks of the input are excluded (unless exclude_seen=False), at most
@@ -35,6 +36,7 @@ import torch
 from playlistai.data.vocab import PAD, Vocabulary
 from playlistai.inference import ann as ann_lib
 from playlistai.inference.features import history_features, load_reference, request_features
+from playlistai.inference.item_table import ItemTable
 from playlistai.inference.package import (
     ANN_INDEX_FILE,
     ANN_PARAMS_FILE,
@@ -82,6 +84,7 @@ class Recommender:
         ann_params: ann_lib.AnnParams | None = None,
         package_dir: Path | None = None,
         model_version: str | None = None,
+        item_table_dtype: str = "float32",
     ):
         if vocab.size != model.config.vocab_size:
             raise ValueError(f"vocabulary has {vocab.size} rows, model expects {model.config.vocab_size}")
@@ -96,7 +99,7 @@ class Recommender:
         self.ann_params = ann_params
         self.max_seq_len = int(model.config.max_seq_len)
         with torch.inference_mode():
-            self._items = model.item_embeddings().detach().float().contiguous()      # [V, D]
+            self._items = ItemTable(model.item_embeddings().float(), item_table_dtype)   # [V, D]
         self._artists = vocab.artist_index()                                          # [V], -1 = unknown
         self._popularity_percentile = vocab.popularity_percentile()
         fallback = torch.from_numpy(popularity.probabilities()).float()
@@ -107,8 +110,10 @@ class Recommender:
     # -- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_directory(cls, path: str | Path, num_threads: int | None = None) -> Recommender:
-        """Load a model package (or a pyfunc model directory holding one); every file is verified."""
+    def from_directory(cls, path: str | Path, num_threads: int | None = None,
+                       item_table_dtype: str = "float32") -> Recommender:
+        """Load a model package (or a pyfunc model directory holding one); every file is verified.
+        `item_table_dtype` (float32 | bfloat16) is how the exact path stores the item table."""
         from playlistai.models.checkpoint import CheckpointError, load_checkpoint
 
         directory = resolve_package_dir(path)
@@ -130,7 +135,8 @@ class Recommender:
             raise ModelPackageError(
                 f"{directory / ANN_INDEX_FILE} indexes {params.catalog_size} tracks, the vocabulary has {len(vocab)}"
             )
-        return cls(model, vocab, config, popularity, index, params, package_dir=directory)
+        return cls(model, vocab, config, popularity, index, params, package_dir=directory,
+                   item_table_dtype=item_table_dtype)
 
     @property
     def drift_reference(self) -> tuple[dict, pd.DataFrame]:
@@ -229,11 +235,10 @@ class Recommender:
         results: list[Recommendation | None] = [None] * n
 
         cold = [i for i in range(n) if len(known[i]) == 0]
-        if cold:
-            scores = self._fallback[torch.as_tensor([int(hours[i]) for i in cold])].clone()
-            for row, i in enumerate(cold):
-                items = self._select(scores[row], ks[i], max_per_artist)
-                results[i] = Recommendation(items, unknown[i], fallback=True)
+        for i in cold:
+            # the hour's row itself (a view): _select only reads it, so no catalog-sized copy per request
+            items = self._select(self._fallback[int(hours[i])], ks[i], max_per_artist)
+            results[i] = Recommendation(items, unknown[i], fallback=True)
 
         warm = [i for i in range(n) if len(known[i]) > 0]
         if warm:
@@ -251,7 +256,7 @@ class Recommender:
                         results[i] = Recommendation(ann_rows[row], unknown[i])
             if exact_rows:
                 with torch.inference_mode():
-                    scores = queries[exact_rows] @ self._items.T                     # [B, V]
+                    scores = self._items.scores(queries[exact_rows])                 # [B, V] float32
                     scores[:, PAD] = NEG_INF
                     for r, row in enumerate(exact_rows):
                         i = warm[row]
@@ -336,7 +341,7 @@ class Recommender:
         out: list[list | None] = []
         with torch.inference_mode():
             cand = torch.from_numpy(candidates)
-            scores = torch.einsum("bcd,bd->bc", self._items[cand], queries)
+            scores = torch.einsum("bcd,bd->bc", self._items.rows(cand), queries)
             scores[cand == PAD] = NEG_INF
             for row in range(len(ks)):
                 if len(seen[row]):

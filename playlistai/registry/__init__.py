@@ -8,13 +8,13 @@ from __future__ import annotations
 SELECTION_TAG = "selection_reason"
 
 
-def load_recommender(model_uri: str, num_threads: int | None = None):
+def load_recommender(model_uri: str, num_threads: int | None = None, item_table_dtype: str = "float32"):
     """The Recommender of a pyfunc model URI (see playlistai.registry.pyfunc.load_recommender).
 
     Imported on call, so `import playlistai.registry.<module>` does not pull in MLflow's pyfunc."""
     from playlistai.registry.pyfunc import load_recommender as load
 
-    return load(model_uri, num_threads)
+    return load(model_uri, num_threads, item_table_dtype)
 
 
 __all__ = ["SELECTION_TAG", "load_recommender"]

@@ -153,7 +153,7 @@ def log_package_model(package_dir: str | Path, metadata: dict | None = None):
     )
 
 
-def load_recommender(model_uri: str, num_threads: int | None = None) -> Recommender:
+def load_recommender(model_uri: str, num_threads: int | None = None, item_table_dtype: str = "float32") -> Recommender:
     """The Recommender behind a pyfunc model URI (`models:/playlistai@production`, `runs:/...`, a path).
 
     `model_version` is set when the URI names a registered version or alias. An alias is resolved
@@ -175,7 +175,8 @@ def load_recommender(model_uri: str, num_threads: int | None = None) -> Recommen
         raise ModelPackageError(f"cannot load model {model_uri!r}: {exc.message}") from None
     except OSError as exc:
         raise ModelPackageError(f"cannot load model {model_uri!r}: {exc}") from None
-    recommender = Recommender.from_directory(package_artifact_dir(local, model_uri), num_threads=num_threads)
+    recommender = Recommender.from_directory(package_artifact_dir(local, model_uri), num_threads=num_threads,
+                                             item_table_dtype=item_table_dtype)
     recommender.model_version = version
     return recommender
 
