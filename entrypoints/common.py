@@ -23,6 +23,10 @@ from playlistai.data.layout import SPLITS, DataLayout
 
 USER_ERRORS = (ValueError, FileNotFoundError, SettingsError, KeyError)
 
+# MLflow draws a progress bar per artifact download (a checkpoint's few small files: instant), three
+# noisy lines per model a stage loads; the user can still turn them back on
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 def as_bool(value: str | bool, name: str) -> bool:
     if isinstance(value, bool):
