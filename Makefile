@@ -54,7 +54,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 # every Python folder; the rules are in pyproject.toml ([tool.ruff.lint])
-LINT_PATHS := playlistai entrypoints tests serving monitoring reliability bench
+LINT_PATHS := playlistai entrypoints tests serving monitoring reliability bench docs
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 
@@ -242,6 +242,19 @@ drift: $(STAMP)
 monitoring-check:
 	promtool check config monitoring/prometheus/prometheus.yml
 	promtool check rules monitoring/prometheus/alerts.yml
+
+# -- docs: `make ui-screenshots` photographs the MLflow UI of the tracking store after `make demo` (the
+# experiment's runs, the two training runs compared, the registered model's versions) into
+# UI_SCREENSHOTS_OUT, in headless Chromium (Debian's, with its driver); README "Registry".
+# UI_SCREENSHOTS_ARGS="--timeout 180" gives a slow machine more time per page
+UI_SCREENSHOTS_OUT ?= docs
+UI_SCREENSHOTS_ARGS ?=
+.PHONY: ui-screenshots
+
+ui-screenshots: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	$(PY) docs/ui_screenshots.py --out $(UI_SCREENSHOTS_OUT) $(UI_SCREENSHOTS_ARGS)
 
 # -- reliability (RELIABILITY.md): load, faults and bad input against real local components (the API
 # under gunicorn, Redis, MLflow store and server, PostgreSQL, the entry points). Ends with
