@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -413,6 +414,7 @@ def take(targets: Targets, out: Path, args: argparse.Namespace) -> list[Path]:
             shoot(browser, page, path, args.width, args.timeout, work)
             print(f"{path}: {page.url}")
             saved.append(path)
+    shutil.rmtree(work, ignore_errors=True)  # kept when a page failed: its picture and the server's log
     return saved
 
 
