@@ -200,7 +200,8 @@ API_PORT ?= 8088
 API_HOST ?= 127.0.0.1
 BENCH_SERVE_SIZES ?= default
 BENCH_SERVE_ARGS ?=
-.PHONY: api bench-serve
+BENCH_EXACT_ARGS ?=
+.PHONY: api bench-serve bench-exact
 
 # gunicorn with the edge's uvicorn workers, one per core unless WEB_CONCURRENCY says otherwise
 # (`python -m serving` is one process). /metrics sums the workers through PROMETHEUS_MULTIPROC_DIR:
@@ -222,6 +223,11 @@ bench-serve: $(STAMP)
 
 # -- monitoring (README "Monitoring"): `make drift` tests the API's latest requests against the
 # production model's training features, prints the PSI table, logs to MLflow, pushes to the
+# exact scoring with the item table in float32 vs bfloat16 (ITEM_TABLE_DTYPE), in-process, on random
+# tables of 6k, 140k and 1M tracks x 64 and 256 dims (BENCHMARKS.md, "Exact scoring in bfloat16")
+bench-exact: $(STAMP)
+	$(PY) bench/bench_exact.py $(BENCH_EXACT_ARGS)
+
 # Pushgateway (a warning, not a failure, when there is none) and shows what Prometheus scrapes. `make drift REPLAY=hour` (none | hour | popularity) first replays
 # DRIFT_REQUESTS training-like requests with that shift against the local API on API_PORT.
 REPLAY ?=
