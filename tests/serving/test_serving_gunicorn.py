@@ -181,7 +181,9 @@ def test_make_api_serves_with_two_workers_and_metrics_count_both(tiny_registry, 
     port = free_port()
     venv = VENV_BIN.parent
     env = {**os.environ, "MODEL_URI": str(tiny_registry["packages"]["1"]), "WEB_CONCURRENCY": "2",
-           "REDIS_URL": "", "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+           "REDIS_URL": "", "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO),
+           # every request is counted: a busy machine must not get one shed (the admission tests test that)
+           "QUEUE_TIMEOUT_MS": "60000", "QUEUE_TARGET_MS": "60000", "REQUEST_TIMEOUT_MS": "600000"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)          # make api chooses one
     log_path = tmp_path / "make-api.log"
     with log_path.open("w") as log:

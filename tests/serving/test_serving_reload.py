@@ -300,3 +300,18 @@ def test_the_loader_applies_the_inference_threads_of_the_settings(tiny_registry,
             assert torch.get_num_threads() == threads, uri
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.integration
+def test_the_app_serves_with_the_item_table_dtype_of_the_settings(make_registry_client):
+    """ITEM_TABLE_DTYPE reaches the loaded Recommender: a bfloat16 table, float32 scores in the answer."""
+    import torch
+
+    client = make_registry_client(ITEM_TABLE_DTYPE="bfloat16")
+    recommender = client.app.state.service.models.current.recommender
+    assert recommender._items.weights.dtype == torch.bfloat16
+    response = client.post("/continue", json={"tracks": recommender.vocab.track_ids[:3], "k": 5,
+                                              "context": {"hour": 9, "dow": 1}})
+    assert response.status_code == 200, response.text
+    scores = [item["score"] for item in response.json()["items"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
