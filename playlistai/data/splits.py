@@ -71,15 +71,25 @@ def _drop_short(frame: pd.DataFrame, min_len: int = 2) -> tuple[pd.DataFrame, in
     return frame[keep], int((~keep).sum())
 
 
-def temporal_split(sessions: pd.DataFrame, val_frac: float, test_frac: float) -> tuple[dict[str, pd.DataFrame], dict]:
+def check_fractions(val_frac: float, test_frac: float) -> None:
     if not (0 < test_frac < 1 and 0 <= val_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"fractions must satisfy 0 < test_frac, 0 <= val_frac, val+test < 1 (got {val_frac}, {test_frac})")
-    starts = sessions.groupby("session_id")["ts"].min().sort_values(kind="mergesort")
-    n = len(starts)
+
+
+def period_sizes(n: int, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """Sessions of the test and validation periods, of `n` sessions."""
     n_test = max(1, int(round(n * test_frac)))
     n_val = int(round(n * val_frac)) if val_frac > 0 else 0
     if n - n_test - n_val < 1:
         raise ValueError(f"too few sessions ({n}) for val_frac={val_frac}, test_frac={test_frac}")
+    return n_test, n_val
+
+
+def temporal_split(sessions: pd.DataFrame, val_frac: float, test_frac: float) -> tuple[dict[str, pd.DataFrame], dict]:
+    check_fractions(val_frac, test_frac)
+    starts = sessions.groupby("session_id")["ts"].min().sort_values(kind="mergesort")
+    n = len(starts)
+    n_test, n_val = period_sizes(n, val_frac, test_frac)
     t_test = starts.iloc[n - n_test]
     t_val = starts.iloc[n - n_test - n_val] if n_val else t_test
     start_of = sessions["session_id"].map(starts)
@@ -122,6 +132,22 @@ def leave_one_out_split(sessions: pd.DataFrame) -> tuple[dict[str, pd.DataFrame]
     return {"train": train, "val": val, "test": test}, meta
 
 
+def check_split_args(strategy: str, vocab_min_freq: int, vocab_scope: str) -> str:
+    """Refuse an unknown strategy or scope, or vocab_min_freq < 1; return the scope."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    vocab_scope = parse_vocab_scope(vocab_scope)
+    if vocab_min_freq < 1:
+        raise ValueError("vocab_min_freq must be >= 1")
+    return vocab_scope
+
+
+def check_vocab(vocab: Vocabulary, vocab_min_freq: int, vocab_scope: str) -> None:
+    if len(vocab) == 0:
+        period = "training" if vocab_scope == "train" else "training and validation"
+        raise ValueError(f"no track is played {vocab_min_freq}+ times in the {period} period; lower vocab_min_freq")
+
+
 def make_splits(
     sessions: pd.DataFrame,
     strategy: str = "temporal",
@@ -130,11 +156,7 @@ def make_splits(
     vocab_min_freq: int = 5,
     vocab_scope: str = "train",
 ) -> SplitResult:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    vocab_scope = parse_vocab_scope(vocab_scope)
-    if vocab_min_freq < 1:
-        raise ValueError("vocab_min_freq must be >= 1")
+    vocab_scope = check_split_args(strategy, vocab_min_freq, vocab_scope)
     if sessions.empty:
         raise ValueError("no sessions to split")
     if strategy == "temporal":
@@ -155,9 +177,7 @@ def make_splits(
     if frames["train"].empty:
         raise ValueError("the training split is empty")
     vocab = Vocabulary.build(vocab_events(frames, vocab_scope), vocab_min_freq)
-    if len(vocab) == 0:
-        period = "training" if vocab_scope == "train" else "training and validation"
-        raise ValueError(f"no track is played {vocab_min_freq}+ times in the {period} period; lower vocab_min_freq")
+    check_vocab(vocab, vocab_min_freq, vocab_scope)
     meta.update(strategy=strategy, val_frac=val_frac, test_frac=test_frac, vocab_min_freq=vocab_min_freq,
                 vocab_scope=vocab_scope)
     return SplitResult(frames=frames, vocab=vocab, meta=meta)

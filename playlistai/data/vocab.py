@@ -16,6 +16,14 @@ import pandas as pd
 PAD = 0
 
 
+def track_table(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per track of `events`: `track_id`, its first artist and genre (the first non-null
+    value in the frame's row order) and its `count` of plays."""
+    counts = events.groupby("track_id", sort=False).size().rename("count")
+    meta = events.groupby("track_id", sort=False)[["artist_id", "genre"]].first()
+    return meta.join(counts).reset_index()
+
+
 @dataclass
 class Vocabulary:
     track_ids: list[str]                  # position i holds the track of index i + 1
@@ -73,11 +81,13 @@ class Vocabulary:
     @classmethod
     def build(cls, train_events: pd.DataFrame, min_freq: int) -> Vocabulary:
         """Index every track seen at least `min_freq` times, most played first (ties by id)."""
+        return cls.from_track_table(track_table(train_events), min_freq)
+
+    @classmethod
+    def from_track_table(cls, table: pd.DataFrame, min_freq: int) -> Vocabulary:
+        """The vocabulary of a `track_table` (its rows in any order)."""
         if min_freq < 1:
             raise ValueError("min_freq must be >= 1")
-        counts = train_events.groupby("track_id", sort=False).size().rename("count")
-        meta = train_events.groupby("track_id", sort=False)[["artist_id", "genre"]].first()
-        table = meta.join(counts).reset_index()
         table = table[table["count"] >= min_freq]
         table = table.sort_values(["count", "track_id"], ascending=[False, True], kind="mergesort")
         return cls.from_frame(table)
