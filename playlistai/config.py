@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     API_PORT: int = Field(8088, ge=1, le=65535)
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     USE_FAISS: bool = False
-    CAND_TOPK: int = Field(500, ge=1, le=100_000)
+    CAND_TOPK: int = Field(500, ge=1, le=100_000, description="the largest k a request may ask for")
+    ANN_CANDIDATES: int = Field(0, ge=0, le=100_000, description="FAISS candidates re-ranked exactly per ANN "
+                                "request; 0 = 2k (4k with an artist cap)")
     API_HOST: str = "127.0.0.1"
     MODEL_URI: str | None = Field(None, description="serve this model URI or local path instead of the alias")
     MODEL_POLL_S: float = Field(30, gt=0, description="seconds between checks of the served alias")

@@ -8,8 +8,10 @@ How a request is answered:
 3. Otherwise the model turns (history, hour, dow) into one query vector, and
    - exact: scores = query @ item table (one matrix product; the table in float32 or bfloat16,
      `item_table_dtype`, the scores float32 either way), then a partial top-k (torch.topk);
-   - ANN: FAISS returns `cand_topk` candidates by inner product, which are re-scored exactly and
-     ranked; when filters leave fewer than k of them, that request is answered exactly instead.
+   - ANN: FAISS returns `ann_candidates` candidates by inner product (by default 2k, 4k with an
+     artist cap: re-ranking exactly only needs a margin over k, and a wider list forces a wider,
+     slower graph search), which are re-scored exactly and ranked; when filters leave fewer than k
+     of them, that request is answered exactly instead.
 4. Filters: tracks of the input are excluded (unless exclude_seen=False), at most
    `max_per_artist` tracks per artist, never a duplicate.
 5. With exclude_seen=False, tracks of the model's input window get the model's repeat bonus
@@ -72,6 +74,12 @@ class Recommendation:
     unknown_tracks: list[str] = field(default_factory=list)   # input ids not in the vocabulary (dropped)
     fallback: bool = False                  # no input track was known: popularity answered
 
+
+
+def auto_ann_candidates(k: int, max_per_artist: int | None) -> int:
+    """FAISS candidates for a top k: a margin for the exact re-rank (2k), more under an artist cap,
+    which drops candidates (4k); a request that still ends short is answered exactly."""
+    return 2 * k if max_per_artist is None else 4 * k
 
 class Recommender:
     def __init__(
@@ -180,11 +188,11 @@ class Recommender:
         use_ann: bool = False,
         exclude_seen: bool = True,
         max_per_artist: int | None = None,
-        cand_topk: int = 500,
+        ann_candidates: int = 0,
     ) -> Recommendation:
         return self.recommend_batch(
             [tracks], k, [hour], [dow], use_ann=use_ann, exclude_seen=exclude_seen,
-            max_per_artist=max_per_artist, cand_topk=cand_topk,
+            max_per_artist=max_per_artist, ann_candidates=ann_candidates,
         )[0]
 
     def recommend_batch(
@@ -197,10 +205,11 @@ class Recommender:
         use_ann: bool = False,
         exclude_seen: bool = True,
         max_per_artist: int | None = None,
-        cand_topk: int = 500,
+        ann_candidates: int = 0,
     ) -> list[Recommendation]:
         """Many requests at once: one model forward and one matrix product per BATCH_ROWS of them
-        (every request is checked before any is scored)."""
+        (every request is checked before any is scored). `ann_candidates`: FAISS candidates per
+        request on the ANN path (0: `auto_ann_candidates`)."""
         n = len(tracks)
         ks = [k] * n if isinstance(k, int | np.integer) else list(k)
         if not (len(ks) == len(hours) == len(dows) == n):
@@ -209,19 +218,19 @@ class Recommender:
             self._check_request(tracks[i], ks[i], hours[i], dows[i])
         if max_per_artist is not None and int(max_per_artist) < 1:
             raise ValueError(f"max_per_artist must be >= 1 (or None for no cap), got {max_per_artist}")
-        if int(cand_topk) < 1:
-            raise ValueError(f"cand_topk must be >= 1, got {cand_topk}")
+        if int(ann_candidates) < 0:
+            raise ValueError(f"ann_candidates must be >= 0 (0 = auto), got {ann_candidates}")
         ks = [min(int(x), self.catalog_size) for x in ks]
         tracks, hours, dows = list(tracks), list(hours), list(dows)
         results: list[Recommendation] = []
         for start in range(0, n, BATCH_ROWS):
             end = start + BATCH_ROWS
             results.extend(self._recommend_chunk(tracks[start:end], ks[start:end], hours[start:end], dows[start:end],
-                                                 use_ann, exclude_seen, max_per_artist, int(cand_topk)))
+                                                 use_ann, exclude_seen, max_per_artist, int(ann_candidates)))
         return results
 
     def _recommend_chunk(self, tracks, ks, hours, dows, use_ann, exclude_seen, max_per_artist,
-                         cand_topk) -> list[Recommendation]:
+                         ann_candidates) -> list[Recommendation]:
         """recommend_batch for checked requests, ks already capped at the catalog size."""
         n = len(tracks)
         encoded = [self.vocab.encode([str(t) for t in row]) if len(row) else np.zeros(0, np.int64) for row in tracks]
@@ -248,7 +257,7 @@ class Recommender:
             if use_ann:
                 exact_rows = []
                 ann_rows = self._ann_answers(queries, [ks[i] for i in warm], [seen[i] for i in warm],
-                                             [lifted[i] for i in warm], voted, max_per_artist, cand_topk)
+                                             [lifted[i] for i in warm], voted, max_per_artist, ann_candidates)
                 for row, i in enumerate(warm):
                     if ann_rows[row] is None:
                         exact_rows.append(row)
@@ -320,12 +329,14 @@ class Recommender:
             out.append((tracks[keep], values[keep].astype(np.float32)))
         return out
 
-    def _ann_answers(self, queries, ks, seen, lifted, voted, max_per_artist, cand_topk) -> list[list | None]:
+    def _ann_answers(self, queries, ks, seen, lifted, voted, max_per_artist, ann_candidates) -> list[list | None]:
         """FAISS candidates (plus the rows' lifted and voted tracks) re-ranked exactly; None for a
         row whose filters left fewer than k."""
         if self.ann_index is None or self.ann_params is None:
             raise ModelPackageError("use_ann=True but this Recommender has no FAISS index")
-        wanted = max(max(ks), cand_topk) + max(len(s) for s in seen)
+        per_row = ann_candidates or auto_ann_candidates(max(ks), max_per_artist)
+        # seen tracks are found and then dropped: ask for that many more
+        wanted = max(max(ks), per_row) + max(len(s) for s in seen)
         candidates = ann_lib.search(self.ann_index, self.ann_params, queries.numpy(), wanted)   # [B, C]
         # every lifted or voted track becomes a candidate (PAD-padded to a common width): outside the
         # FAISS list, its score term could still carry it into the top

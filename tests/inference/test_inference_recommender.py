@@ -99,10 +99,30 @@ def test_inference_ann_top20_overlaps_exact(recommender, test_requests):
     assert params.overlap_at_20 >= 0.95 and params.index_type in ("hnsw", "ivf")
     tracks, hours, dows = ([r[i] for r in test_requests] for i in range(3))
     exact = recommender.recommend_batch(tracks, 20, hours, dows)
-    # cand_topk=20: the served ANN answer is FAISS's own top 20 (re-scored), no wider candidate net
-    approx = recommender.recommend_batch(tracks, 20, hours, dows, use_ann=True, cand_topk=20)
+    # ann_candidates=20: the served ANN answer is FAISS's own top 20 (re-scored), no wider candidate net
+    approx = recommender.recommend_batch(tracks, 20, hours, dows, use_ann=True, ann_candidates=20)
     overlaps = [len({t for t, _ in e.items} & {t for t, _ in a.items}) / 20 for e, a in zip(exact, approx, strict=True)]
     assert np.mean(overlaps) >= 0.95
+
+
+def test_ann_asks_faiss_for_a_margin_over_k_not_for_the_largest_k(recommender, test_requests, monkeypatch):
+    asked = []
+    search = ann_lib.search
+
+    def recording_search(index, params, queries, n_results):
+        asked.append(n_results)
+        return search(index, params, queries, n_results)
+
+    monkeypatch.setattr(ann_lib, "search", recording_search)
+    tracks, hour, dow = test_requests[0]
+    seen = len(set(tracks))                      # seen tracks come back from FAISS and are dropped
+    recommender.recommend(tracks, 10, hour, dow, use_ann=True)
+    recommender.recommend(tracks, 10, hour, dow, use_ann=True, max_per_artist=2)
+    recommender.recommend(tracks, 10, hour, dow, use_ann=True, ann_candidates=300)
+    recommender.recommend(tracks, 10, hour, dow, use_ann=True, exclude_seen=False)
+    assert asked == [20 + seen, 40 + seen, 300 + seen, 20]
+    with pytest.raises(ValueError, match="ann_candidates must be >= 0"):
+        recommender.recommend(tracks, 10, hour, dow, use_ann=True, ann_candidates=-1)
 
 
 def test_inference_ivf_index_reaches_target_overlap(recommender):
@@ -154,7 +174,7 @@ def test_inference_repeat_bonus_lifts_history_tracks_on_both_paths(tiny_package,
         want = [vocab.track_ids[i - 1] for i in torch.topk(scores, k).indices.tolist()]
         exact = [t for t, _ in lifted.recommend(tracks, k, hour, dow, exclude_seen=False).items]
         approx = [t for t, _ in lifted.recommend(tracks, k, hour, dow, exclude_seen=False, use_ann=True,
-                                                 cand_topk=k).items]
+                                                 ann_candidates=k).items]
         assert exact == want
         assert set(history[:k]) <= set(approx[: len(history)])   # found although FAISS knows no bonus
         assert not set(history) & {t for t, _ in lifted.recommend(tracks, k, hour, dow).items}
@@ -196,7 +216,7 @@ def test_inference_neighbour_votes_rank_as_the_model_on_both_paths(mixed_package
         voted = mixed._neighbour_votes([ids[0].numpy()], [ids[0].numpy() if exclude_seen else np.zeros(0, np.int64)])
         lead = min(k, len(voted[0][0]))
         approx = [t for t, _ in mixed.recommend(tracks, k, hour, dow, exclude_seen=exclude_seen, use_ann=True,
-                                                cand_topk=k).items]
+                                                ann_candidates=k).items]
         assert lead > 0 and approx[:lead] == exact[:lead]
 
 

@@ -152,14 +152,14 @@ def test_one_request_costs_no_more_than_the_model_window(security_recommender, u
     ids = rec.vocab.track_ids
     window = ids[: rec.max_seq_len]
     longest = (ids * (MAX_TRACKS // len(ids) + 1))[:MAX_TRACKS]
-    cand_topk = 500
+    largest_k = 500                       # CAND_TOPK's default; ANN asks FAISS for that many either way
 
     def ask(tracks, k):
-        return lambda: rec.recommend(tracks, k, 21, 4, use_ann=use_ann, cand_topk=cand_topk)
+        return lambda: rec.recommend(tracks, k, 21, 4, use_ann=use_ann, ann_candidates=largest_k)
 
     ask(window, 1)()                                          # lazily built state is not counted
     base_bytes, base_rows, base_peak = allocations(rec, ask(window, 1))
-    big_bytes, big_rows, big_peak = allocations(rec, ask(longest, cand_topk))
+    big_bytes, big_rows, big_peak = allocations(rec, ask(longest, largest_k))
     assert big_rows <= 1, "one request scored more than one catalog row"
     assert big_bytes <= 1.5 * base_bytes, (big_bytes, base_bytes)
     assert big_peak <= 2 * base_peak + 64 * rec.vocab.size * 4, (big_peak, base_peak)

@@ -53,7 +53,7 @@ class FakeRecommender:
         self.calls = 0
 
     def recommend(self, tracks, k, hour, dow, *, use_ann=False, exclude_seen=True, max_per_artist=None,
-                  cand_topk=500):
+                  ann_candidates=0):
         self.calls += 1
         history = list(tracks)[-self.config["max_seq_len"]:]
         known = [t for t in history if t in self.vocab]

@@ -92,7 +92,7 @@ def _answer(request: ContinueRequest, service: ServiceState, served: ServedModel
     recommendation = served.recommender.recommend(
         request.tracks, request.k, hour, dow,
         use_ann=use_ann, exclude_seen=request.exclude_seen,
-        max_per_artist=request.max_per_artist, cand_topk=settings.CAND_TOPK,
+        max_per_artist=request.max_per_artist, ann_candidates=settings.ANN_CANDIDATES,
     )
     forward_ms = (time.perf_counter() - started) * 1000.0
     MODEL_FORWARD_MS.labels("ann" if use_ann else "exact").observe(forward_ms)
