@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from playlistai.data.sequences import EncodedSessions
-from playlistai.models.neighbours import SessionNeighbours, transition_counts
+from playlistai.models.neighbours import SessionNeighbours, check_settings, transition_counts
 
 PAD = 0
 
@@ -186,10 +186,7 @@ class SessionKNN(Baseline):
     name = "sknn"
 
     def __init__(self, k: int = 100, recent_items: int | None = 3):
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        if recent_items is not None and recent_items < 1:
-            raise ValueError("recent_items must be >= 1 (or None for the whole history)")
+        check_settings(k, recent_items)
         self.k = int(k)
         self.recent_items = recent_items
 

@@ -41,10 +41,7 @@ class SessionNeighbours:
     _by_track: sp.csr_matrix = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError("k must be >= 1")
-        if self.recent_items is not None and self.recent_items < 1:
-            raise ValueError("recent_items must be >= 1 (or None for the whole history)")
+        check_settings(self.k, self.recent_items)
         if self.transition_share < 0:
             raise ValueError("transition_share must be >= 0")
         if self.transition_share and self.transitions is None:
@@ -186,6 +183,14 @@ class SessionNeighbours:
                 transitions = sp.csr_matrix((z["t_counts"], t_indices, t_indptr), shape=(shape[1], shape[1]))
             return cls(sessions, k=int(z["k"]), recent_items=recent or None, transitions=transitions,
                        transition_share=share)
+
+
+def check_settings(k: int, recent_items: int | None) -> None:
+    """The neighbourhood's settings, checked where they are given (the `sknn` baseline's too)."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if recent_items is not None and recent_items < 1:
+        raise ValueError("recent_items must be >= 1 (or None for the whole history)")
 
 
 def transition_counts(rows: np.ndarray, items: np.ndarray, vocab_size: int) -> sp.csr_matrix:

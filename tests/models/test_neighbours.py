@@ -105,3 +105,13 @@ def test_a_file_from_before_transitions_loads_as_votes_alone(tmp_path):
     assert loaded.transition_share == 0.0 and loaded.transitions is None
     histories = np.array([[0, 3, 4], [5, 6, 7]])
     np.testing.assert_array_equal(loaded.votes(histories).toarray(), neighbours.votes(histories).toarray())
+
+
+@pytest.mark.parametrize("k, recent_items, message", [(0, 3, "k must be >= 1"), (10, 0, "recent_items must be >= 1")])
+def test_bad_settings_are_refused_by_the_neighbours_and_the_sknn_baseline_alike(k, recent_items, message):
+    from playlistai.models.baselines import SessionKNN
+
+    with pytest.raises(ValueError, match=message):
+        SessionNeighbours.fit(_sessions(10), V, k=k, recent_items=recent_items)
+    with pytest.raises(ValueError, match=message):
+        SessionKNN(k=k, recent_items=recent_items)
