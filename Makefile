@@ -201,7 +201,7 @@ API_HOST ?= 127.0.0.1
 BENCH_SERVE_SIZES ?= default
 BENCH_SERVE_ARGS ?=
 BENCH_EXACT_ARGS ?=
-.PHONY: api bench-serve bench-exact
+.PHONY: api bench-serve bench-ann bench-exact
 
 # gunicorn with the edge's uvicorn workers, one per core unless WEB_CONCURRENCY says otherwise
 # (`python -m serving` is one process). /metrics sums the workers through PROMETHEUS_MULTIPROC_DIR:
@@ -216,18 +216,27 @@ api: $(STAMP)
 	PROMETHEUS_MULTIPROC_DIR="$$metrics_dir" API_HOST=$(API_HOST) API_PORT=$(API_PORT) \
 	  $(VENV)/bin/gunicorn serving.main:app -c serving/gunicorn_conf.py
 
+# ANN against exact on a trained model, in-process (BENCHMARKS.md "ANN on a trained model"):
+# make bench-ann CHECKPOINT=runs:/<train run>/checkpoint DATA_DIR=data/diginetica
+CHECKPOINT ?=
+BENCH_ANN_ARGS ?=
+bench-ann: $(STAMP)
+	@test -n "$(CHECKPOINT)" || (echo "bench-ann: give CHECKPOINT=runs:/<train run>/checkpoint (or a folder)" >&2; exit 2)
+	mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
+	  $(PY) bench/bench_ann.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) $(BENCH_ANN_ARGS)
+
 bench-serve: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(PY) bench/bench_serve.py --sizes $(BENCH_SERVE_SIZES) --data-root $(BENCH_DATA_ROOT) $(BENCH_SERVE_ARGS)
 
-# -- monitoring (README "Monitoring"): `make drift` tests the API's latest requests against the
-# production model's training features, prints the PSI table, logs to MLflow, pushes to the
 # exact scoring with the item table in float32 vs bfloat16 (ITEM_TABLE_DTYPE), in-process, on random
 # tables of 6k, 140k and 1M tracks x 64 and 256 dims (BENCHMARKS.md, "Exact scoring in bfloat16")
 bench-exact: $(STAMP)
 	$(PY) bench/bench_exact.py $(BENCH_EXACT_ARGS)
 
+# -- monitoring (README "Monitoring"): `make drift` tests the API's latest requests against the
+# production model's training features, prints the PSI table, logs to MLflow, pushes to the
 # Pushgateway (a warning, not a failure, when there is none) and shows what Prometheus scrapes. `make drift REPLAY=hour` (none | hour | popularity) first replays
 # DRIFT_REQUESTS training-like requests with that shift against the local API on API_PORT.
 REPLAY ?=
