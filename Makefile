@@ -10,6 +10,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 SIZE ?= default
 DATA_DIR ?= data
 SEED ?= 42
+# engine of preprocess and splits: pandas, or ray (Ray Data on RAY_ADDRESS or a local Ray)
+ENGINE ?= pandas
 # `mlflow run` gets the tracking URI and experiment of the settings (environment or .env; see
 # playlistai/tracking.py, which prints them without importing mlflow); an experiment the launcher
 # creates is moved to MLFLOW_ARTIFACT_ROOT (./mlartifacts) by its first stage
@@ -32,10 +34,10 @@ data: $(STAMP)
 	$(MLFLOW_RUN) -e data -P size=$(SIZE) -P seed=$(SEED) -P data_dir=$(DATA_DIR)
 
 preprocess: $(STAMP)
-	$(MLFLOW_RUN) -e preprocess -P data_dir=$(DATA_DIR)
+	$(MLFLOW_RUN) -e preprocess -P data_dir=$(DATA_DIR) -P engine=$(ENGINE)
 
 splits: $(STAMP)
-	$(MLFLOW_RUN) -e splits -P data_dir=$(DATA_DIR)
+	$(MLFLOW_RUN) -e splits -P data_dir=$(DATA_DIR) -P engine=$(ENGINE)
 
 # the whole pipeline on the defaults (registry section below), then the API of the production alias
 demo: $(STAMP)

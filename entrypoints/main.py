@@ -18,6 +18,7 @@ import typer
 from entrypoints.common import SYNTHETIC, cli_errors, default_data_dir, echo_next, ui_command
 from entrypoints.params import Received, options, parse
 from playlistai.config import get_settings
+from playlistai.data.ray_engine import parse_engine
 from playlistai.pipeline import MainParams, PipelineError, parse_models, run_pipeline, summary_text
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.tracking import DESCRIPTION_TAG, MAX_TAG_CHARS, run_location, stage_run
@@ -55,6 +56,7 @@ def main(received: Received) -> None:
             baselines=p.baselines,
             promote=p.promote,
             n_resamples=p.n_resamples,
+            engine=parse_engine(p.engine),
         )
         logged = {**{k: v for k, v in params.items() if k not in ("train_params", "data_params")},
                   **params["train_params"], **params["data_params"], "models": ",".join(params["models"])}

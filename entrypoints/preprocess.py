@@ -9,6 +9,7 @@ import typer
 from entrypoints.common import cli_errors, echo_next, next_stage_commands
 from entrypoints.params import Received, options, parse
 from playlistai.config import get_settings
+from playlistai.data.ray_engine import parse_engine
 from playlistai.data.stages import PreprocessParams, run_preprocess
 from playlistai.tracking import run_location, stage_run
 
@@ -21,6 +22,7 @@ def main(received: Received) -> None:
     with cli_errors("preprocess"):
         settings = get_settings()
         params = asdict(parse(PreprocessParams, received, settings))
+        params["engine"] = parse_engine(params["engine"])
         with stage_run("preprocess", params, settings=settings) as run:
             m = run_preprocess(**params)
         typer.echo(f"preprocess: {m['sessions']:,.0f} sessions, {m['events_out']:,.0f} events, "

@@ -10,6 +10,7 @@ import typer
 from entrypoints.common import cli_errors, echo_next, next_stage_commands
 from entrypoints.params import Received, options, parse
 from playlistai.config import get_settings
+from playlistai.data.ray_engine import parse_engine
 from playlistai.data.splits import parse_vocab_scope
 from playlistai.data.stages import SplitsParams, run_splits
 from playlistai.pipeline import tiny_data_warning
@@ -25,6 +26,7 @@ def main(received: Received) -> None:
         settings = get_settings()
         params = asdict(parse(SplitsParams, received, settings))
         params["vocab_scope"] = parse_vocab_scope(params["vocab_scope"])
+        params["engine"] = parse_engine(params["engine"])
         with stage_run("splits", params, settings=settings) as run:
             m = run_splits(**params)
         typer.echo(f"splits: vocab {m['vocab_size']:,.0f} tracks; train/val/test sessions "

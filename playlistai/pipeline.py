@@ -79,6 +79,7 @@ class MainParams(StageParams):
     baselines: bool = param(True, "evaluate the baselines beside the models")
     promote: str = param("auto", "auto | force | never (the register stage's gate)")
     n_resamples: int = param(1000, "bootstrap resamples (evaluation and gate)", minimum=10)
+    engine: str = param("pandas", "pandas | ray: the engine of the preprocess and splits stages")
 
     def columns(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in ("user_col", "track_col", "ts_col", "artist_col", "genre_col")}
@@ -299,18 +300,20 @@ def run_pipeline(
     n_resamples: int = 1000,
     project_uri: str = ".",
     data_params: Mapping | None = None,
+    engine: str = "pandas",
 ) -> dict:
     """Run every stage under the active (parent) run; return the summary it logs.
 
     `data_params` go to the `data` stage beside size, seed and data_dir: `source` (a user's log file
     instead of the synthetic data) and its reading params (format, columns, time_unit). Splits too
     small to evaluate on (`tiny_data_warning`; the splits stage prints it) are the summary's and the
-    run's `data_warning`."""
+    run's `data_warning`. `engine` is the preprocess and splits stages' (pandas or ray)."""
     t_start = time.perf_counter()
     client = mlflow.MlflowClient()
     run_stage(project_uri, "data", {"size": size, "seed": seed, "data_dir": data_dir, **(data_params or {})}, "data")
-    run_stage(project_uri, "preprocess", {"data_dir": data_dir}, "preprocess")
-    splits_run = run_stage(project_uri, "splits", {"data_dir": data_dir}, "splits")
+    on_ray = {"engine": engine} if engine != "pandas" else {}
+    run_stage(project_uri, "preprocess", {"data_dir": data_dir, **on_ray}, "preprocess")
+    splits_run = run_stage(project_uri, "splits", {"data_dir": data_dir, **on_ray}, "splits")
     data_warning = tiny_data_warning(client.get_run(splits_run).data.metrics)
     if data_warning:
         mlflow.set_tag("data_warning", data_warning)

@@ -25,14 +25,16 @@ from playlistai.data.ingest import (
     read_events,
 )
 from playlistai.data.layout import DataLayout
+from playlistai.data.ray_engine import HEAD_ROWS, parse_engine
 from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
-from playlistai.data.splits import make_splits, unknown_share
-from playlistai.files import atomic_dir, write_json, write_parquet
+from playlistai.data.splits import SplitResult, make_splits, unknown_share
+from playlistai.files import atomic_dir, atomic_path, write_json, write_parquet
 from playlistai.params import StageParams, param
 from playlistai.tracking import file_hash, files_hash
 
 COLUMNS = ("user_col", "track_col", "ts_col", "artist_col", "genre_col")
+ENGINE_HELP = "pandas | ray: ray runs the stage on Ray Data (RAY_ADDRESS, else a local Ray), same outputs"
 
 
 @dataclass
@@ -70,6 +72,7 @@ class PreprocessParams(StageParams):
     min_session_len: int = param(2, minimum=1)
     collapse_repeats: bool = param(False)
     timezone: str = param("UTC", "defaults to TIMEZONE (UTC)", setting="TIMEZONE")
+    engine: str = param("pandas", ENGINE_HELP)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class SplitsParams(StageParams):
     vocab_min_freq: int = param(5, "defaults to VOCAB_MIN_FREQ", setting="VOCAB_MIN_FREQ", minimum=1)
     max_seq_len: int = param(50, "defaults to MAX_SEQ_LEN", setting="MAX_SEQ_LEN", minimum=2)
     vocab_scope: str = param("train", "train | train_val: the splits whose tracks get an index")
+    engine: str = param("pandas", ENGINE_HELP)
 
 
 def _log_dataset(frame: pd.DataFrame, path: Path, name: str, context: str) -> str:
@@ -90,7 +94,7 @@ def _log_dataset(frame: pd.DataFrame, path: Path, name: str, context: str) -> st
     with warnings.catch_warnings():
         # mlflow warns that a local path could be two kinds of source, and about int columns
         warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(frame.head(1000), source=str(path.resolve()), name=name, digest=digest[:32])
+        dataset = mlflow.data.from_pandas(frame.head(HEAD_ROWS), source=str(path.resolve()), name=name, digest=digest[:32])
         mlflow.log_input(dataset, context=context)
     mlflow.set_tag(f"{name}_sha256", digest)
     return digest
@@ -167,27 +171,39 @@ def run_preprocess(
     min_session_len: int = 2,
     collapse_repeats: bool = False,
     timezone: str = "UTC",
+    engine: str = "pandas",
 ) -> dict[str, float]:
     layout = DataLayout.of(data_dir)
     t0 = time.perf_counter()
-    events = pd.read_parquet(layout.require(layout.events, "data"))
-    sessions, stats = sessionize(events, session_gap_min, min_session_len, collapse_repeats, timezone)
-    if sessions.empty:
-        raise ValueError(f"no session has {min_session_len}+ plays at a {session_gap_min}-minute gap")
-    write_parquet(sessions, layout.sessions)
-    lengths = session_lengths(sessions)
-    metrics = {
-        **event_stats(sessions),
-        **stats.as_metrics(),
-        "session_len_mean": float(lengths.mean()),
-        "session_len_median": float(np.median(lengths)),
-        "session_len_p95": float(np.percentile(lengths, 95)),
-        "stage_seconds": time.perf_counter() - t0,
-    }
+    if parse_engine(engine) == "ray":
+        from playlistai.data import ray_engine
+
+        with atomic_path(layout.sessions) as tmp:
+            out = ray_engine.preprocess(layout.require(layout.events, "data"), tmp, session_gap_min,
+                                        min_session_len, collapse_repeats, timezone)
+        head, stats, lengths = out.head, out.stats, out.lengths
+        summary = {**out.event_stats, **stats.as_metrics(), "session_len_mean": lengths.mean(),
+                   "session_len_median": lengths.median(), "session_len_p95": lengths.percentile(95)}
+        counts, length_values = out.track_counts, lengths.sample()
+    else:
+        events = pd.read_parquet(layout.require(layout.events, "data"))
+        sessions, stats = sessionize(events, session_gap_min, min_session_len, collapse_repeats, timezone)
+        if sessions.empty:
+            raise ValueError(f"no session has {min_session_len}+ plays at a {session_gap_min}-minute gap")
+        write_parquet(sessions, layout.sessions)
+        length_values = session_lengths(sessions)
+        summary = {
+            **event_stats(sessions),
+            **stats.as_metrics(),
+            "session_len_mean": float(length_values.mean()),
+            "session_len_median": float(np.median(length_values)),
+            "session_len_p95": float(np.percentile(length_values, 95)),
+        }
+        head, counts = sessions.head(1000), sessions["track_id"].value_counts().to_numpy()
+    metrics = {**summary, "stage_seconds": time.perf_counter() - t0}
     mlflow.log_metrics(metrics)
-    _log_dataset(sessions, layout.sessions, "sessions", "preprocessed")
-    counts = sessions["track_id"].value_counts().to_numpy()
-    _log_figure(plots.dataset_figure(counts, lengths, "sessions"), "plots/sessions.png")
+    _log_dataset(head, layout.sessions, "sessions", "preprocessed")
+    _log_figure(plots.dataset_figure(counts, length_values, "sessions"), "plots/sessions.png")
     return metrics
 
 
@@ -199,13 +215,49 @@ def run_splits(
     vocab_min_freq: int = 5,
     max_seq_len: int = 50,
     vocab_scope: str = "train",
+    engine: str = "pandas",
 ) -> dict[str, float]:
     layout = DataLayout.of(data_dir)
     t0 = time.perf_counter()
-    sessions = pd.read_parquet(layout.require(layout.sessions, "preprocess"))
-    result = make_splits(sessions, strategy, val_frac, test_frac, vocab_min_freq, vocab_scope)
-    vocab = result.vocab
+    on_ray = parse_engine(engine) == "ray"
+    sessions_path = layout.require(layout.sessions, "preprocess")
+    if on_ray:
+        from playlistai.data import ray_engine
 
+        with atomic_dir(layout.splits_dir) as tmp:
+            out = ray_engine.splits(sessions_path, tmp, strategy, val_frac, test_frac, vocab_min_freq, vocab_scope,
+                                    max_seq_len)
+            meta, vocab, metrics = out.meta, out.vocab, out.metrics
+            write_parquet(vocab.to_frame(), tmp / layout.vocab.name)
+            write_json({**meta, **metrics, "max_seq_len": max_seq_len}, tmp / layout.splits_meta.name)
+        heads, train_lengths = out.heads, out.train_lengths.sample()
+    else:
+        sessions = pd.read_parquet(sessions_path)
+        result = make_splits(sessions, strategy, val_frac, test_frac, vocab_min_freq, vocab_scope)
+        meta, vocab = result.meta, result.vocab
+        metrics = split_metrics(result, max_seq_len)
+        with atomic_dir(layout.splits_dir) as tmp:
+            for name, frame in result.frames.items():
+                write_parquet(frame, tmp / layout.split(name).name)
+            write_parquet(vocab.to_frame(), tmp / layout.vocab.name)
+            write_json({**meta, **metrics, "max_seq_len": max_seq_len}, tmp / layout.splits_meta.name)
+        heads, train_lengths = result.frames, session_lengths(result.frames["train"])
+    metrics["stage_seconds"] = time.perf_counter() - t0
+
+    mlflow.log_metrics(metrics)
+    split_files = [layout.split(n) for n in ("train", "val", "test")] + [layout.vocab]
+    mlflow.set_tag("data_hash", files_hash(split_files))
+    for name, frame in heads.items():
+        _log_dataset(frame, layout.split(name), f"{name}_split", name)
+    mlflow.log_artifact(str(layout.vocab), artifact_path="splits")
+    mlflow.log_artifact(str(layout.splits_meta), artifact_path="splits")
+    _log_figure(plots.dataset_figure(vocab.counts, train_lengths, "training split"), "plots/train_split.png")
+    return metrics
+
+
+def split_metrics(result: SplitResult, max_seq_len: int) -> dict[str, float]:
+    """What the splits stage logs of its splits and vocabulary."""
+    vocab = result.vocab
     metrics: dict[str, float] = {"vocab_size": float(len(vocab))}
     for name, frame in result.frames.items():
         metrics[f"{name}_sessions"] = float(frame["session_id"].nunique())
@@ -218,25 +270,6 @@ def run_splits(
     metrics["train_windows"] = float(len(train_windows))
     metrics["train_pairs"] = float(train_windows.num_targets)
     metrics["events_truncated_at_cutoffs"] = float(result.meta.get("events_truncated_at_cutoffs", 0))
-
-    with atomic_dir(layout.splits_dir) as tmp:
-        for name, frame in result.frames.items():
-            write_parquet(frame, tmp / layout.split(name).name)
-        write_parquet(vocab.to_frame(), tmp / layout.vocab.name)
-        write_json({**result.meta, **metrics, "max_seq_len": max_seq_len}, tmp / layout.splits_meta.name)
-    metrics["stage_seconds"] = time.perf_counter() - t0
-
-    mlflow.log_metrics(metrics)
-    split_files = [layout.split(n) for n in ("train", "val", "test")] + [layout.vocab]
-    mlflow.set_tag("data_hash", files_hash(split_files))
-    for name, frame in result.frames.items():
-        _log_dataset(frame, layout.split(name), f"{name}_split", name)
-    mlflow.log_artifact(str(layout.vocab), artifact_path="splits")
-    mlflow.log_artifact(str(layout.splits_meta), artifact_path="splits")
-    _log_figure(
-        plots.dataset_figure(vocab.counts, session_lengths(result.frames["train"]), "training split"),
-        "plots/train_split.png",
-    )
     return metrics
 
 

@@ -1,0 +1,704 @@
+"""The `preprocess` and `splits` stages on Ray Data (`engine=ray`), for logs larger than one machine.
+
+The outputs are those of the pandas engine, byte for byte: the same sessions and session ids, the
+same splits, the same vocabulary in the same order, the same single Parquet files (so their hashes,
+the MLflow datasets and `data_hash` agree too). How each step is spread over the cluster:
+
+- **Per-user work in groups of whole users.** Rows are grouped by a hash of the user (of the session
+  for the temporal split), `groupby(...).map_groups(...)`, and each group runs the pandas engine's
+  own code (`mark_sessions`, the split rules): a group holds whole users, so what it computes is
+  what the pandas engine computes for them. Rows that a rule drops stay in the group's output with
+  the reason, so the counts the stages log are aggregations.
+- **Global steps are aggregations or sorts.** Distinct users and tracks are group counts; the
+  temporal cut-offs are order statistics of the session starts (the k-th latest start); the
+  vocabulary's play counts and first artist/genre per track are computed in groups of whole
+  tracks, and only the vocabulary itself (the tracks played often enough) comes to the driver.
+- **Writing.** Each output is sorted in Ray into the order of its file and streamed to the driver,
+  which writes it one row group at a time (`ParquetStream`, the row groups pandas writes) and
+  numbers sessions and positions as they pass: session ids are the sort's order (start, then user),
+  as the pandas engine numbers them. The driver holds a row group, never the data set.
+
+Ray is the cluster at `RAY_ADDRESS`, or a local Ray on this machine's cores; `data_dir` must then be
+a path that every node reads and writes (a shared volume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from playlistai.data.sessionize import (
+    DROP_COLLAPSED,
+    DROP_DUPLICATE,
+    DROP_SHORT,
+    EVENT_COLUMNS,
+    KEPT,
+    SESSION_COLUMNS,
+    SessionizeStats,
+    _check_args,
+    add_context,
+    mark_sessions,
+    validate_events,
+)
+from playlistai.data.splits import check_fractions, check_split_args, check_vocab, period_sizes
+from playlistai.data.vocab import PAD, Vocabulary, track_table
+
+ENGINES = ("pandas", "ray")
+# rows per group of whole users (or sessions, tracks) that one map_groups call handles
+ROWS_PER_GROUP = 500_000
+MAX_GROUPS = 4096
+# the row group size pandas (pyarrow) writes: the streamed files keep it, so they are the same bytes
+ROW_GROUP_ROWS = 1024 * 1024
+HEAD_ROWS = 1000                   # rows of an output logged with its MLflow dataset
+
+SESSION_DTYPES = {"session_id": np.dtype(np.int64), "hour": np.dtype(np.int8), "dow": np.dtype(np.int8),
+                  "pos": np.dtype(np.int32)}
+
+log = logging.getLogger(__name__)
+
+
+def parse_engine(value: str) -> str:
+    engine = str(value).strip().lower()
+    if engine not in ENGINES:
+        raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {value!r}")
+    return engine
+
+
+# -- Ray -----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def ray_data(rows: int) -> Iterator[Any]:
+    """Ray (RAY_ADDRESS, else a local Ray; one already started is used as it is) with Ray Data set
+    up for ordered, quiet execution and shuffles sized for `rows`; Ray is shut down after if this
+    call started it."""
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        from playlistai.config import get_settings
+
+        address = get_settings().RAY_ADDRESS or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                     logging_level=logging.WARNING)
+        started = True
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ctx = ray.data.DataContext.get_current()
+    names = ("enable_progress_bars", "print_on_execution_start", "default_hash_shuffle_parallelism")
+    saved = {name: getattr(ctx, name) for name in names}
+    saved_order = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.default_hash_shuffle_parallelism = max(2, min(saved["default_hash_shuffle_parallelism"], 4 * n_groups(rows)))
+    try:
+        yield ray
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        ctx.execution_options.preserve_order = saved_order
+        if started:
+            ray.shutdown()
+
+
+def n_groups(rows: int) -> int:
+    return max(1, min(MAX_GROUPS, math.ceil(rows / ROWS_PER_GROUP)))
+
+
+def _bucket(values: pd.Series, groups: int) -> np.ndarray:
+    """A group number per value, the same in every process (a fixed-key hash, never Python's)."""
+    hashed = pd.util.hash_array(values.to_numpy(dtype=object))
+    return (hashed % np.uint64(groups)).astype(np.int64)
+
+
+def _add_bucket(batch: pd.DataFrame, key: str, groups: int) -> pd.DataFrame:
+    batch["_bucket"] = _bucket(batch[key], groups)
+    return batch
+
+
+def by_groups(ds, key: str, groups: int, fn: Callable, **kwargs):
+    """`fn(frame, **kwargs)` on groups of whole `key` values (pandas frames), materialized."""
+    return (ds.map_batches(_add_bucket, fn_kwargs={"key": key, "groups": groups}, batch_format="pandas")
+            .groupby("_bucket", num_partitions=groups).map_groups(fn, fn_kwargs=kwargs, batch_format="pandas")
+            .materialize())
+
+
+def _where(batch: pd.DataFrame, column: str, values: tuple) -> pd.DataFrame:
+    return batch[batch[column].isin(values).to_numpy()]
+
+
+def rows_where(ds, column: str, *values):
+    return ds.map_batches(_where, fn_kwargs={"column": column, "values": values}, batch_format="pandas")
+
+
+def value_counts(ds, columns: list[str]) -> dict[tuple, int]:
+    """Rows per combination of `columns` (few combinations: codes, split names)."""
+    table = ds.groupby(columns).count().to_pandas()
+    return {tuple(int(v) for v in row[:-1]): int(row[-1]) for row in table.itertuples(index=False)}
+
+
+def _notna(batch: pd.DataFrame, column: str) -> pd.DataFrame:
+    return batch[batch[column].notna().to_numpy()]
+
+
+def nunique(ds, column: str) -> int:
+    """Distinct non-null values of a column, as pandas' `nunique` counts them."""
+    only = ds.select_columns([column]).map_batches(_notna, fn_kwargs={"column": column}, batch_format="pandas")
+    return only.groupby(column).count().count()
+
+
+def _read_row_group(batch: pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
+    frames = []
+    for path, group, offset in zip(batch["path"], batch["row_group"], batch["offset"], strict=True):
+        frame = pq.ParquetFile(path).read_row_group(int(group), columns=columns).to_pandas()
+        frame["_order"] = np.arange(int(offset), int(offset) + len(frame), dtype=np.int64)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_in_file_order(path: Path, columns: list[str] | None = None):
+    """A Parquet file as a Ray dataset, one block per row group, with `_order`: each row's row in the
+    file (ties in time keep file order, as the pandas engine keeps them)."""
+    import ray
+
+    meta = pq.ParquetFile(path).metadata
+    offsets = np.concatenate([[0], np.cumsum([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])])
+    items = [{"path": str(Path(path).resolve()), "row_group": i, "offset": int(offsets[i])}
+             for i in range(meta.num_row_groups)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    return ds.map_batches(_read_row_group, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pandas")
+
+
+# -- the driver's side: ordered streams into single files ------------------------------------
+
+
+def _sorted_pairs_ok(prev: list[np.ndarray], cur: list[np.ndarray]) -> bool:
+    """Rows (lexicographic over the key columns) never go down from one row to the next."""
+    undecided = np.ones(len(cur[0]), dtype=bool)
+    for a, b in zip(prev, cur, strict=True):
+        lower = b < a
+        if np.any(undecided & lower):
+            return False
+        undecided &= ~(b > a)
+    return True
+
+
+@dataclass
+class Numbering:
+    """Numbers the sessions of a stream sorted by `keys` (a session: a run of equal keys), and the
+    position of each row in its session, across batches; checks that the stream is sorted."""
+
+    keys: list[str]
+    sessions: int = 0                               # sessions begun so far
+    _last: list | None = None                       # the key of the last row seen
+    _pos: int = -1                                  # its position
+
+    def __call__(self, batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(session number from 0, position) of each row."""
+        cols = [batch[k].to_numpy() for k in self.keys]
+        n = len(batch)
+        new = np.zeros(n, dtype=bool)
+        if n:
+            prev = [np.concatenate([[last], c[:-1]]) if self._last is not None else np.r_[c[:1], c[:-1]]
+                    for c, last in zip(cols, self._last or [None] * len(cols), strict=True)]
+            if not _sorted_pairs_ok(prev, cols):
+                raise RuntimeError("the Ray engine's output came out of order; nothing was written")
+            for p, c in zip(prev, cols, strict=True):
+                new |= p != c
+            if self._last is None:
+                new[0] = True
+        rank = self.sessions - 1 + np.cumsum(new)
+        idx = np.arange(n)
+        begun = np.maximum.accumulate(np.where(new, idx, -1)) if n else idx
+        pos = np.where(begun >= 0, idx - begun, idx + self._pos + 1)
+        if n:
+            self.sessions = int(rank[-1]) + 1
+            self._last = [c[-1] for c in cols]
+            self._pos = int(pos[-1])
+        return rank.astype(np.int64), pos.astype(np.int64)
+
+
+class SessionSums:
+    """Per-session sums of some columns over a stream in session order; each session's sums go to
+    `finished` once the session is whole (the driver keeps no per-session table)."""
+
+    def __init__(self, finished: Callable[[np.ndarray], None]):
+        self.finished = finished
+        self._open: np.ndarray | None = None
+        self._open_id = -1
+
+    def add(self, session: np.ndarray, values: np.ndarray) -> None:
+        """`session`: each row's session number (non-decreasing); `values`: [rows, k]."""
+        if not len(session):
+            return
+        first = session[0]
+        rel = session - first
+        sums = np.stack([np.bincount(rel, weights=values[:, j], minlength=rel[-1] + 1)
+                         for j in range(values.shape[1])], axis=1)
+        present = np.bincount(rel, minlength=rel[-1] + 1) > 0
+        ids = np.flatnonzero(present) + first
+        sums = sums[present]
+        if self._open is not None:
+            if ids[0] == self._open_id:
+                sums[0] += self._open
+            else:
+                self.finished(self._open[None, :])
+        if len(sums) > 1:
+            self.finished(sums[:-1])
+        self._open, self._open_id = sums[-1].copy(), int(ids[-1])
+
+    def finish(self) -> None:
+        if self._open is not None:
+            self.finished(self._open[None, :])
+            self._open = None
+
+
+class Histogram:
+    """Counts of integer values (session lengths), and the statistics numpy gives on the values
+    themselves, computed from the counts: the same floats, without an array of every value."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def add(self, values: np.ndarray) -> None:
+        for v, c in zip(*np.unique(np.asarray(values, dtype=np.int64), return_counts=True), strict=True):
+            self.counts[int(v)] = self.counts.get(int(v), 0) + int(c)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.array(sorted(self.counts), dtype=np.int64)
+        return keys, np.cumsum([self.counts[k] for k in keys.tolist()]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    def at(self, index: int) -> np.int64:
+        """The value at `index` of the sorted values."""
+        keys, ends = self._arrays()
+        return keys[int(np.searchsorted(ends, index, side="right"))]
+
+    def mean(self) -> float:
+        total = sum(k * c for k, c in self.counts.items())
+        return float(np.float64(total) / len(self))
+
+    def median(self) -> float:
+        n = len(self)
+        middle = [self.at(n // 2)] if n % 2 else [self.at(n // 2 - 1), self.at(n // 2)]
+        return float(np.mean(np.array(middle, dtype=np.int64)))
+
+    def percentile(self, q: float) -> float:
+        """np.percentile(values, q) (method `linear`), step by step as numpy computes it."""
+        n = len(self)
+        virtual = np.asanyarray((n - 1) * np.asanyarray(np.true_divide(q, 100)))
+        previous = np.floor(virtual)
+        if virtual >= n - 1:
+            i = j = n - 1
+        else:
+            i, j = int(previous), int(previous) + 1
+        gamma = np.asanyarray(virtual - np.asanyarray(previous).astype(np.intp))
+        a, b = self.at(i), self.at(j)
+        diff = np.subtract(b, a)
+        out = np.asanyarray(np.add(a, diff * gamma))
+        np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe", dtype=type(out.dtype))
+        return float(out[()])
+
+    def sample(self) -> np.ndarray:
+        """The values themselves (for a figure), at most 1,000,000 of them spread like all."""
+        keys, ends = self._arrays()
+        n = len(self)
+        if n <= 1_000_000:
+            return np.repeat(keys, np.diff(np.r_[0, ends]))
+        return keys[np.searchsorted(ends, np.linspace(0, n - 1, 1_000_000).astype(np.int64), side="right")]
+
+
+class ParquetStream:
+    """Writes a frame that arrives in batches as `DataFrame.to_parquet(index=False)` writes it whole:
+    the same schema and pandas metadata, the same row groups, the same bytes.
+
+    `has_values(columns)` answers, for object columns whose first rows are all null, whether any
+    row of the whole output has a value (pandas types such a column by all its values)."""
+
+    def __init__(self, path: Path, has_values: Callable[[list[str]], dict[str, bool]]):
+        self.path = Path(path)
+        self.has_values = has_values
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._pending: list[pd.DataFrame] = []
+        self._rows = 0
+        self.rows_written = 0
+        self.head: pd.DataFrame | None = None
+
+    def _schema_of(self, chunk: pd.DataFrame) -> pa.Schema:
+        schema = pa.Table.from_pandas(chunk, preserve_index=False).schema
+        nulls = [f.name for f in schema if pa.types.is_null(f.type)]
+        answered = self.has_values(nulls) if nulls else {}
+        if any(answered.values()):
+            probe = chunk.head(1).copy()
+            for name in nulls:
+                if answered.get(name):
+                    probe[name] = pd.Series([""], dtype=object, index=probe.index)
+            schema = pa.Table.from_pandas(probe, preserve_index=False).schema
+        return schema
+
+    def _flush(self, chunk: pd.DataFrame) -> None:
+        if self._writer is None:
+            self._schema = self._schema_of(chunk)
+            self._writer = pq.ParquetWriter(self.path, self._schema, compression="snappy")
+        self._writer.write_table(pa.Table.from_pandas(chunk, schema=self._schema, preserve_index=False))
+        self.rows_written += len(chunk)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.head is None or len(self.head) < HEAD_ROWS:
+            self.head = frame.head(HEAD_ROWS) if self.head is None else \
+                pd.concat([self.head, frame.head(HEAD_ROWS - len(self.head))], ignore_index=True)
+        self._pending.append(frame)
+        self._rows += len(frame)
+        while self._rows >= ROW_GROUP_ROWS:
+            whole = pd.concat(self._pending, ignore_index=True)
+            self._flush(whole.iloc[:ROW_GROUP_ROWS].reset_index(drop=True))
+            rest = whole.iloc[ROW_GROUP_ROWS:].reset_index(drop=True)
+            self._pending, self._rows = [rest], len(rest)
+
+    def close(self, empty_like: pd.DataFrame) -> None:
+        """Write what is left; an output without rows is written as pandas writes `empty_like`."""
+        if self._rows or self._writer is None:
+            rest = pd.concat(self._pending, ignore_index=True) if self._rows else empty_like
+            if self._writer is None and not self._rows:
+                rest.to_parquet(self.path, index=False)
+                self.head = rest
+            else:
+                self._flush(rest.reset_index(drop=True))
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _has_values(ds) -> Callable[[list[str]], dict[str, bool]]:
+    from ray.data.aggregate import Count
+
+    def ask(columns: list[str]) -> dict[str, bool]:
+        counts = ds.aggregate(*[Count(c, ignore_nulls=True, alias_name=c) for c in columns])
+        return {c: bool(counts[c]) for c in columns}
+
+    return ask
+
+
+def _batches(ds) -> Iterator[pd.DataFrame]:
+    yield from ds.iter_batches(batch_size=ROW_GROUP_ROWS // 4, batch_format="pandas", prefetch_batches=1)
+
+
+# -- preprocess ----------------------------------------------------------------------------------
+
+
+def _mark_group(group: pd.DataFrame, gap_min: float, min_session_len: int, collapse_repeats: bool,
+                timezone: str) -> pd.DataFrame:
+    """`mark_sessions` on a group of whole users; every input row comes out with its `_drop`, and
+    the kept ones with their session's start (`_start_ns`) and the context of the play."""
+    ev = group.loc[:, [*EVENT_COLUMNS, "_order"]].sort_values("_order", kind="mergesort").reset_index(drop=True)
+    dup = ev.duplicated(subset=["user_id", "track_id", "ts"], keep="first").to_numpy()
+    marked, _ = mark_sessions(ev[~dup], gap_min, min_session_len, collapse_repeats)
+    dups = ev[dup].assign(session_id=np.int64(-1), _drop=np.int8(DROP_DUPLICATE))
+    out = pd.concat([marked, dups], ignore_index=True)
+    kept = (out["_drop"] == KEPT).to_numpy()
+    ts_ns = epoch_ns(out["ts"])
+    start = pd.Series(np.where(kept, ts_ns, np.iinfo(np.int64).max)).groupby(out["session_id"].to_numpy()) \
+        .transform("min").to_numpy()
+    out["_ts_ns"] = ts_ns
+    out["_start_ns"] = np.where(kept, start, -1)
+    out["_drop"] = out["_drop"].astype(np.int8)
+    return add_context(out, timezone)
+
+
+@dataclass
+class PreprocessOutcome:
+    stats: SessionizeStats
+    event_stats: dict[str, float]
+    lengths: Histogram              # plays per session
+    track_counts: np.ndarray        # plays per track
+    head: pd.DataFrame              # the first rows of the sessions file
+
+
+def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, min_session_len: int = 2,
+               collapse_repeats: bool = False, timezone: str = "UTC") -> PreprocessOutcome:
+    """`sessionize` on Ray; writes `sessions_path` (the caller makes the write atomic)."""
+    _check_args(gap_min, min_session_len)
+    validate_events(_schema_frame(events_path))
+    add_context(pd.DataFrame({"ts": pd.Series([], dtype="datetime64[ns, UTC]")}), timezone)  # a bad timezone fails now
+    dtypes = {**_schema_frame(events_path).dtypes.to_dict(), **SESSION_DTYPES}
+    n_in = pq.ParquetFile(events_path).metadata.num_rows
+    with ray_data(n_in):
+        events = read_in_file_order(events_path, columns=list(EVENT_COLUMNS))
+        marked = by_groups(events, "user_id", n_groups(n_in), _mark_group, gap_min=gap_min,
+                           min_session_len=min_session_len, collapse_repeats=collapse_repeats, timezone=timezone)
+        drops = {code[0]: n for code, n in value_counts(marked.select_columns(["_drop"]), ["_drop"]).items()}
+        kept = rows_where(marked, "_drop", KEPT).materialize()
+        if not drops.get(KEPT):
+            raise ValueError(f"no session has {min_session_len}+ plays at a {gap_min}-minute gap")
+        ordered = kept.sort(["_start_ns", "user_id", "_ts_ns", "_order"])
+        numbering = Numbering(["_start_ns", "user_id"])
+        lengths = Histogram()
+        sums = SessionSums(lambda done: lengths.add(done[:, 0]))
+        stream = ParquetStream(sessions_path, _has_values(kept))
+        for batch in _batches(ordered):
+            sid, pos = numbering(batch)
+            batch["session_id"] = sid
+            batch["pos"] = pos.astype(np.int32)
+            sums.add(sid, np.ones((len(sid), 1)))
+            stream.write(_as_dtypes(batch.loc[:, list(SESSION_COLUMNS)], dtypes))
+        sums.finish()
+        stream.close(pd.DataFrame(columns=list(SESSION_COLUMNS)))
+        event_stats = {
+            "users": float(nunique(kept, "user_id")),
+            "tracks": float(nunique(kept, "track_id")),
+            "artists": float(nunique(kept, "artist_id")),
+            "events": float(drops[KEPT]),
+        }
+        track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
+    stats = SessionizeStats(
+        events_in=n_in,
+        exact_duplicates_dropped=drops.get(DROP_DUPLICATE, 0),
+        short_sessions_dropped_events=drops.get(DROP_SHORT, 0),
+        repeats_collapsed=drops.get(DROP_COLLAPSED, 0),
+        sessions=numbering.sessions,
+        events_out=drops[KEPT],
+    )
+    return PreprocessOutcome(stats, event_stats, lengths, track_counts.to_numpy(), stream.head)
+
+
+def epoch_ns(times: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of timezone-aware times, whatever their unit or backing."""
+    return pd.DatetimeIndex(times.astype("datetime64[ns, UTC]")).asi8
+
+
+def _as_dtypes(frame: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
+    """The columns of `frame` in the dtypes pandas reads them in (Ray hands strings over as
+    Arrow-backed ones), so that the file written has the pandas engine's metadata."""
+    cast = {c: t for c, t in dtypes.items() if c in frame.columns and frame[c].dtype != t}
+    return (frame.astype(cast) if cast else frame).reset_index(drop=True)
+
+
+def _schema_frame(path: Path) -> pd.DataFrame:
+    """An empty frame with the columns and types of a Parquet file."""
+    return pq.ParquetFile(path).schema_arrow.empty_table().to_pandas()
+
+
+# -- splits --------------------------------------------------------------------------------------
+
+SPLIT_NAMES = ("train", "val", "test")
+KEEP, TRUNCATED, SHORT, PLACEHOLDER = 0, 1, 2, 3      # `_why` of a row of the split groups
+
+
+def _temporal_group(group: pd.DataFrame, t_val: int, t_test: int) -> pd.DataFrame:
+    """`temporal_split` and the short-session rule on a group of whole sessions (`t_val`, `t_test`:
+    the cut-offs in ns): `_part` (0 train, 1 val, 2 test) and `_why` (KEEP, TRUNCATED at the next
+    period's cut-off, SHORT after the cut)."""
+    ts_ns = epoch_ns(group["ts"])
+    start = pd.Series(ts_ns).groupby(group["session_id"].to_numpy()).transform("min").to_numpy()
+    part = np.where(start >= t_test, 2, np.where(start >= t_val, 1, 0)).astype(np.int8)
+    cutoff_ns = np.where(part == 0, t_val, t_test)
+    why = np.where((part < 2) & (ts_ns >= cutoff_ns), TRUNCATED, KEEP).astype(np.int8)
+    left = why == KEEP
+    sid = group["session_id"].to_numpy()
+    sizes = pd.Series(sid[left]).value_counts()
+    short = left & (pd.Series(sid).map(sizes).fillna(0).to_numpy() < 2)
+    why[short] = SHORT
+    return group.assign(_part=part, _why=why)
+
+
+def _loo_group(group: pd.DataFrame) -> pd.DataFrame:
+    """`leave_one_out_split` on a group of whole users: each user's plays once per split they belong
+    to, `_part` and `pos` (the user's position), `is_target`, `_vocab_val` (a validation play that
+    is not also a training play), and one PLACEHOLDER row in val and test for each user with fewer
+    than 3 plays, so that users are numbered alike in every split."""
+    ev = group.sort_values(["user_id", "ts", "session_id", "pos"], kind="mergesort").reset_index(drop=True)
+    upos = ev.groupby("user_id").cumcount().to_numpy()
+    n_user = ev.groupby("user_id")["track_id"].transform("size").to_numpy()
+    eligible = n_user >= 3
+    ev["pos"] = upos.astype(np.int64)
+    parts = []
+    for part, mask, last_is_target in ((0, np.where(eligible, upos < n_user - 2, True), False),
+                                       (1, eligible & (upos < n_user - 1), True),
+                                       (2, eligible, True)):
+        f = ev[mask]
+        end = (n_user - 2 if part == 1 else n_user - 1)[mask]
+        is_target = (f["pos"].to_numpy() == end) if last_is_target else (f["pos"].to_numpy() > 0)
+        why = np.full(len(f), KEEP, np.int8)
+        parts.append(f.assign(_part=np.int8(part), _why=why, is_target=is_target,
+                              _vocab_val=(part == 1) & (f["pos"].to_numpy() == end)))
+        if part:
+            lone = ev[~eligible].drop_duplicates("user_id")
+            parts.append(lone.assign(_part=np.int8(part), _why=np.int8(PLACEHOLDER), is_target=False,
+                                     _vocab_val=False, pos=np.int64(-1)))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _tracks_group(group: pd.DataFrame, order: list[str], min_freq: int) -> pd.DataFrame:
+    """`track_table` of a group of whole tracks, its rows in the order of the splits' files (train
+    before val), the tracks played at least `min_freq` times."""
+    table = track_table(group.sort_values(order, kind="mergesort"))
+    return table[table["count"] >= min_freq].reset_index(drop=True)
+
+
+def _kth_latest(starts, column: str, k: int) -> int:
+    """The k-th latest value of `column` (k >= 1): the earliest of the k latest."""
+    return int(starts.sort(column, descending=True).limit(k).min(column))
+
+
+def _start_ns(batch: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"session_id": batch["session_id"].to_numpy(), "_ts_ns": epoch_ns(batch["ts"])})
+
+
+@dataclass
+class SplitOutcome:
+    meta: dict
+    vocab: Vocabulary
+    metrics: dict[str, float]
+    heads: dict[str, pd.DataFrame]
+    train_lengths: Histogram
+
+
+@dataclass
+class _SplitTally:
+    """What the splits stage logs of one split file, counted as it is written: `n` holds the
+    sessions, events, targets, unknown events and targets, training windows and pairs."""
+
+    vocab: Vocabulary
+    max_seq_len: int
+    n: Counter = field(default_factory=Counter)
+    lengths: Histogram = field(default_factory=Histogram)
+    head: pd.DataFrame | None = None
+
+    def add(self, frame: pd.DataFrame, session: np.ndarray, sums: SessionSums) -> None:
+        known = self.vocab.encode(frame["track_id"].tolist()) != PAD
+        target = frame["is_target"].to_numpy(dtype=bool)
+        self.n.update(events=len(frame), targets=int(target.sum()), unknown=int((~known).sum()),
+                      target_unknown=int((target & ~known).sum()))
+        sums.add(session, np.stack([np.ones(len(frame)), known], axis=1))
+
+    def session_done(self, done: np.ndarray) -> None:
+        self.lengths.add(done[:, 0].astype(np.int64))
+        known = done[:, 1].astype(np.int64)
+        known = known[known >= 2]        # a session's windows and pairs, as SequenceDataset cuts them
+        self.n.update(sessions=len(done), windows=int(np.sum((known - 2) // self.max_seq_len + 1)),
+                      pairs=int(np.sum(known - 1)))
+
+    def metrics(self, name: str) -> dict[str, float]:
+        n = self.n
+        m = {f"{name}_sessions": float(n["sessions"]), f"{name}_events": float(n["events"]),
+             f"{name}_targets": float(n["targets"])}
+        if name != "train":
+            m[f"{name}_unknown_track_share"] = n["unknown"] / n["events"] if n["events"] else 0.0
+            m[f"{name}_unknown_target_share"] = n["target_unknown"] / n["targets"] if n["targets"] else 0.0
+        return m
+
+
+def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: _SplitTally,
+                 dtypes: dict[str, Any], columns: list[str], session_offset: int | None) -> None:
+    """Sort a split in Ray, stream it into `path`: positions from 0 within each session, session
+    ids kept (`session_offset` None) or numbered from `session_offset` in the sort's order."""
+    stream = ParquetStream(path, _has_values(rows_where(ds, "_why", KEEP)))
+    sums = SessionSums(tally.session_done)
+    for batch in _batches(ds.sort(order)):
+        rank, pos = numbering(batch)
+        if session_offset is not None:
+            batch["session_id"] = rank + session_offset
+        real = (batch["_why"] == KEEP).to_numpy()
+        batch, rank, pos = batch[real], rank[real], pos[real]
+        if session_offset is None:
+            batch["pos"] = pos
+            batch["is_target"] = pos > 0
+        frame = _as_dtypes(batch.loc[:, columns], dtypes)
+        tally.add(frame, rank, sums)
+        stream.write(frame)
+    sums.finish()
+    stream.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns])
+    tally.head = stream.head
+
+
+def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_frac: float = 0.1,
+           test_frac: float = 0.1, vocab_min_freq: int = 5, vocab_scope: str = "train",
+           max_seq_len: int = 50) -> SplitOutcome:
+    """`make_splits` on Ray; writes `out_dir/{train,val,test}.parquet` (the vocabulary and the
+    meta are the caller's to write)."""
+    vocab_scope = check_split_args(strategy, vocab_min_freq, vocab_scope)
+    schema = _schema_frame(sessions_path)
+    dtypes = {**schema.dtypes.to_dict(), **SESSION_DTYPES, "is_target": np.dtype(bool)}
+    columns = [*schema.columns, "is_target"]
+    n_rows = pq.ParquetFile(sessions_path).metadata.num_rows
+    if n_rows == 0:
+        raise ValueError("no sessions to split")
+    if strategy == "temporal":
+        check_fractions(val_frac, test_frac)
+    with ray_data(n_rows) as ray:
+        sessions = ray.data.read_parquet(str(Path(sessions_path).resolve()))
+        groups = n_groups(n_rows)
+        if strategy == "temporal":
+            starts = (sessions.select_columns(["session_id", "ts"]).map_batches(_start_ns, batch_format="pandas")
+                      .groupby("session_id").min("_ts_ns").materialize())
+            n = starts.count()
+            n_test, n_val = period_sizes(n, val_frac, test_frac)
+            column = starts.columns()[-1]
+            t_test = _kth_latest(starts, column, n_test)
+            t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
+            marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
+            whys = value_counts(marked.select_columns(["_why"]), ["_why"])
+            as_time = lambda ns: pd.Series(pd.to_datetime([ns], utc=True)).astype(schema["ts"].dtype).iloc[0]  # noqa: E731
+            meta = {"val_start": str(as_time(t_val)), "test_start": str(as_time(t_test)),
+                    "events_truncated_at_cutoffs": whys.get((TRUNCATED,), 0),
+                    "events_dropped_short_after_cut": whys.get((SHORT,), 0)}
+            order, offsets = ["session_id", "pos"], None
+            vocab_rows = rows_where(marked, "_why", KEEP)
+            vocab_rows = rows_where(vocab_rows, "_part", *((0,) if vocab_scope == "train" else (0, 1)))
+            vocab_order = ["_part", "session_id", "pos"]
+        else:
+            marked = by_groups(sessions, "user_id", groups, _loo_group)
+            n_users = nunique(marked, "user_id")
+            meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP), "user_id"),
+                    "events_truncated_at_cutoffs": 0}
+            order, offsets = ["user_id", "pos"], (0, n_users, 2 * n_users)
+            vocab_rows = rows_where(marked, "_part", 0)
+            if vocab_scope == "train_val":
+                val_only = rows_where(rows_where(marked, "_part", 1), "_vocab_val", True)
+                vocab_rows = vocab_rows.union(val_only)
+            vocab_order = ["_part", "user_id", "pos"]
+        part_rows = value_counts(rows_where(marked.select_columns(["_part", "_why"]), "_why", KEEP), ["_part"])
+        if not part_rows.get((0,)):
+            raise ValueError("the training split is empty")
+        table = by_groups(vocab_rows.select_columns([*vocab_order, "track_id", "artist_id", "genre"]), "track_id",
+                          groups, _tracks_group, order=vocab_order, min_freq=vocab_min_freq).to_pandas()
+        if table.empty:
+            table = pd.DataFrame(columns=["track_id", "artist_id", "genre", "count"])
+        vocab = Vocabulary.from_track_table(table, vocab_min_freq)
+        check_vocab(vocab, vocab_min_freq, vocab_scope)
+
+        metrics: dict[str, float] = {"vocab_size": float(len(vocab))}
+        heads, tallies = {}, {}
+        for part, name in enumerate(SPLIT_NAMES):
+            rows = rows_where(marked, "_part", part)
+            rows = rows_where(rows, "_why", KEEP, PLACEHOLDER)
+            tally = _SplitTally(vocab, max_seq_len)
+            _write_split(rows, out_dir / f"{name}.parquet", order, Numbering(order[:1]), tally, dtypes, columns,
+                         None if offsets is None else offsets[part])
+            heads[name], tallies[name] = tally.head, tally
+            metrics.update(tally.metrics(name))
+    metrics["train_windows"] = float(tallies["train"].n["windows"])
+    metrics["train_pairs"] = float(tallies["train"].n["pairs"])
+    metrics["events_truncated_at_cutoffs"] = float(meta.get("events_truncated_at_cutoffs", 0))
+    meta.update(strategy=strategy, val_frac=val_frac, test_frac=test_frac, vocab_min_freq=vocab_min_freq,
+                vocab_scope=vocab_scope)
+    return SplitOutcome(meta, vocab, metrics, heads, tallies["train"].lengths)

@@ -1,0 +1,150 @@
+"""`engine=ray` gives the pandas engine's outputs: the same files byte for byte (sessions, splits,
+vocabulary), the same metrics, splits meta and MLflow datasets, on the `tiny` synthetic data, on a
+sample of the DIGINETICA file and on plays made to hit every rule (duplicates, repeats, short
+sessions, users too short for leave_one_out, ties in time, a column null in its first rows)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from playlistai.data import ray_engine
+from playlistai.data.stages import run_data, run_preprocess, run_splits
+from playlistai.tracking import stage_run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+DIGINETICA = Path(os.environ.get("DIGINETICA_EVENTS", REPO / "../shared/data/diginetica/events.csv.gz"))
+OUTPUTS = ["processed/sessions.parquet", "splits/train.parquet", "splits/val.parquet", "splits/test.parquet",
+           "splits/vocab.parquet", "splits/splits_meta.json"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def small_groups(monkeypatch):
+    """Several groups even on small data, so that users, sessions and tracks are spread."""
+    monkeypatch.setattr(ray_engine, "ROWS_PER_GROUP", 1500)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_both(raw: Path, tmp_path: Path, preprocess: dict | None = None, splits: dict | None = None) -> dict:
+    """preprocess -> splits on a copy of `raw` with each engine; (metrics, datasets) per engine."""
+    out = {}
+    for engine in ("pandas", "ray"):
+        data_dir = tmp_path / engine
+        shutil.copytree(raw, data_dir / "raw")
+        with stage_run("preprocess", {}) as pre:
+            pre_metrics = run_preprocess(data_dir, engine=engine, **(preprocess or {}))
+        with stage_run("splits", {}) as spl:
+            split_metrics = run_splits(data_dir, engine=engine, **(splits or {}))
+        client = mlflow.MlflowClient()
+        datasets = {r: sorted((d.dataset.name, d.dataset.digest, d.dataset.schema, d.dataset.profile)
+                              for d in client.get_run(r).inputs.dataset_inputs)
+                    for r in (pre.info.run_id, spl.info.run_id)}
+        for m in (pre_metrics, split_metrics):
+            m.pop("stage_seconds")
+        out[engine] = (pre_metrics, split_metrics, list(datasets.values()),
+                       client.get_run(spl.info.run_id).data.tags["data_hash"])
+    for name in OUTPUTS:
+        assert sha256(tmp_path / "pandas" / name) == sha256(tmp_path / "ray" / name), name
+    assert out["pandas"] == out["ray"]
+    return out["pandas"][0]
+
+
+def test_tiny_synthetic_data_gives_the_same_files_metrics_and_datasets(tiny_data_dir, tmp_path):
+    metrics = run_both(tiny_data_dir / "raw", tmp_path)
+    assert metrics["sessions"] > 100
+    assert sha256(tmp_path / "ray/splits/train.parquet") == sha256(tiny_data_dir / "splits/train.parquet")
+
+
+def test_a_sample_of_the_diginetica_file_gives_the_same_outputs(tmp_path):
+    assert DIGINETICA.exists(), f"{DIGINETICA} is missing (set DIGINETICA_EVENTS)"
+    sample = tmp_path / "sample.csv"
+    with gzip.open(DIGINETICA, "rt") as f:
+        sample.write_text("".join(itertools.islice(f, 4001)))
+    with stage_run("data", {}):
+        run_data(tmp_path / "file", source=str(sample), time_max="2042-01-01")
+    metrics = run_both(tmp_path / "file" / "raw", tmp_path, splits={
+        "test_frac": 0.1, "vocab_min_freq": 1, "vocab_scope": "train_val"})
+    assert metrics["events_in"] == 4000
+
+
+def made_up_plays() -> pd.DataFrame:
+    """Plays that hit every rule: exact duplicates, repeats, one-play sessions, users with one or
+    two plays, plays at the same time, and a genre that is null in the first rows."""
+    rng = np.random.default_rng(3)
+    rows = []
+    t0 = pd.Timestamp("2024-03-01", tz="UTC")
+    for u in range(60):
+        n = [1, 2, 3][u % 3] if u < 12 else int(rng.integers(4, 40))
+        t = t0 + pd.Timedelta(minutes=int(rng.integers(0, 5000)))
+        for _ in range(n):
+            t += pd.Timedelta(minutes=int(rng.choice([0, 1, 3, 50, 200])))
+            track = f"t{int(rng.zipf(1.6)) % 40}"
+            rows.append((f"u{u:02d}", track, t, f"a{track[1:2]}", None if len(rows) < 300 else "pop"))
+            if rng.random() < 0.1:
+                rows.append(rows[-1])                      # an exact duplicate
+            if rng.random() < 0.1:
+                rows.append((f"u{u:02d}", track, t, None, "rock"))   # a repeat, also a duplicate key
+    frame = pd.DataFrame(rows, columns=["user_id", "track_id", "ts", "artist_id", "genre"])
+    frame = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)   # file order is not time order
+    for c in ("user_id", "track_id", "artist_id", "genre"):
+        frame[c] = frame[c].astype("string")
+    return frame
+
+
+@pytest.mark.parametrize("preprocess, splits", [
+    ({"collapse_repeats": True, "min_session_len": 2, "session_gap_min": 30},
+     {"strategy": "leave_one_out", "vocab_scope": "train_val", "vocab_min_freq": 1}),
+    ({"min_session_len": 1, "timezone": "Asia/Tokyo"},
+     {"strategy": "leave_one_out", "vocab_min_freq": 2}),
+    ({"min_session_len": 3}, {"val_frac": 0.0, "test_frac": 0.3, "vocab_min_freq": 2}),
+])
+def test_made_up_plays_that_hit_every_rule_give_the_same_outputs(tmp_path, preprocess, splits):
+    raw = tmp_path / "made_up" / "raw"
+    raw.mkdir(parents=True)
+    made_up_plays().to_parquet(raw / "events.parquet", index=False)
+    metrics = run_both(raw, tmp_path, preprocess, splits)
+    assert metrics["dropped_share_duplicates"] > 0
+
+
+def test_the_entry_points_take_engine_ray_and_refuse_an_unknown_engine(tiny_data_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir / "raw", data_dir / "raw")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    for entry in ("preprocess", "splits"):
+        cmd = ["mlflow", "run", ".", "-e", entry, "--env-manager", "local", "-P", f"data_dir={data_dir}",
+               "-P", "engine=ray"]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{entry}:\n{proc.stdout}\n{proc.stderr}"
+    for name in OUTPUTS[:-1]:
+        assert sha256(data_dir / name) == sha256(tiny_data_dir / name), name
+
+    for entry in ("preprocess", "splits"):
+        proc = subprocess.run([sys.executable, "-m", f"entrypoints.{entry}", "--data-dir", str(data_dir),
+                               "--engine", "spark"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == f"error: {entry}: engine: expected one of pandas, ray, got 'spark'"
