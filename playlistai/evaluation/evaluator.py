@@ -23,12 +23,14 @@ How ranking is done, and why:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from playlistai.data.sequences import EncodedSessions, NextTrackCases, left_pad
 from playlistai.data.vocab import PAD, Vocabulary
@@ -168,8 +170,10 @@ def rank_cases(
     coverage_k: int = COVERAGE_K,
     batch_size: int = 512,
     device: str | torch.device | None = None,
+    progress: str | None = None,
 ) -> dict[bool, Ranking]:
-    """Rank the full catalog for every case, once per exclude_seen setting, scoring each batch once."""
+    """Rank the full catalog for every case, once per exclude_seen setting, scoring each batch once.
+    `progress`: a label for a progress bar over the cases (on stderr); None draws none."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     settings = list(dict.fromkeys(bool(s) for s in exclude_seen_settings))
@@ -182,9 +186,12 @@ def rank_cases(
     covered: dict[bool, np.ndarray | None] = {s: None for s in settings}
     # with-repeats first: exclusion then edits the same score matrix in place
     order = sorted(settings)
-    with inference_mode(scorer):
+    bar = tqdm(total=n, desc=progress, unit="case", unit_scale=True, leave=False, disable=progress is None,
+               mininterval=2.0, file=sys.stderr)
+    with inference_mode(scorer), bar:
         for start in range(0, n, batch_size):
             rows = np.arange(start, min(n, start + batch_size))
+            bar.update(len(rows))
             scores = score_rows(scorer, histories, hours, dows, rows, dev)
             target_t = None if targets is None else torch.as_tensor(targets[rows], device=scores.device)
             for setting in order:
@@ -225,6 +232,7 @@ def rank_next_track(
     coverage_k: int = COVERAGE_K,
     batch_size: int = 512,
     device=None,
+    progress: str | None = None,
 ) -> dict[bool, Ranking]:
     return rank_cases(
         scorer,
@@ -237,6 +245,7 @@ def rank_next_track(
         coverage_k=coverage_k,
         batch_size=batch_size,
         device=device,
+        progress=progress,
     )
 
 
@@ -415,16 +424,19 @@ def evaluate_scorer(
     batch_size: int = 512,
     device=None,
     continuation_scorer=None,
+    progress: bool = False,
 ) -> ScorerEvaluation:
     """Both protocols, both exclude_seen settings, every metric of docs/ARCHITECTURE.md ("Metrics"), unprefixed keys.
 
     `continuation_scorer` stands in for `scorer` on the continuation cases when the scorer is
-    tied to a case set (the oracle); by default the same scorer serves both.
+    tied to a case set (the oracle); by default the same scorer serves both. `progress` draws a
+    bar per protocol, labelled with `name`.
     """
     if len(cases) == 0:
         raise ValueError(f"{name}: no next-track cases to evaluate")
     settings = (exclude_seen, not exclude_seen)
-    rankings = rank_next_track(scorer, cases, exclude_seen_settings=settings, batch_size=batch_size, device=device)
+    rankings = rank_next_track(scorer, cases, exclude_seen_settings=settings, batch_size=batch_size, device=device,
+                               progress=f"{name}, next track" if progress else None)
     cont = {}
     if continuation is not None and len(continuation):
         cont_rankings = rank_cases(
@@ -435,6 +447,7 @@ def evaluate_scorer(
             exclude_seen_settings=settings,
             batch_size=batch_size,
             device=device,
+            progress=f"{name}, continuation" if progress else None,
         )
         cont = {s: continuation_recall(r, continuation) for s, r in cont_rankings.items()}
     metrics: dict[str, float] = {}

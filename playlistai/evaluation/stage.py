@@ -162,7 +162,8 @@ def context_ablation(
     """The scorer with each case's (hour, dow) replaced by another case's: lift = true - shuffled."""
     setting = evaluation.primary_exclude_seen
     shuffled = rank_next_track(
-        scorer, shuffle_context(cases, seed), exclude_seen_settings=(setting,), batch_size=batch_size
+        scorer, shuffle_context(cases, seed), exclude_seen_settings=(setting,), batch_size=batch_size,
+        progress=f"{evaluation.name}, context shuffled",
     )[setting]
     shuffled_per_case = per_case_metrics(shuffled.ranks, ks)
     out = {}
@@ -338,7 +339,7 @@ def score_row(
     t0 = time.perf_counter()
     ev = evaluate_scorer(
         entry.name, entry.scorer, cases, vocab, continuation, ks=ks, exclude_seen=params.exclude_seen,
-        batch_size=params.batch_size, continuation_scorer=entry.continuation_scorer,
+        batch_size=params.batch_size, continuation_scorer=entry.continuation_scorer, progress=True,
     )
     seconds = time.perf_counter() - t0
     setting = ev.primary_exclude_seen

@@ -203,3 +203,20 @@ def test_continuation_cases_and_recall_on_a_known_split(tiny_split):
     assert ev.metrics["recall_at_20"] == pytest.approx(7 / 8)
     assert ev.metrics["recall_at_20_with_repeats"] == 1.0
     assert ev.per_case[True]["ndcg_at_10"].shape == (8,)
+
+
+def test_progress_names_the_scorer_and_the_protocol_on_stderr_only_when_asked(tiny_split, capsys):
+    frame, vocab = tiny_split
+    sessions = encode_sessions(frame, vocab)
+
+    class Popular:
+        def score_batch(self, histories, hours, dows):
+            return torch.tensor([[0.0, 4, 3, 2, 1]]).repeat(len(histories), 1)
+
+    cases, cont = next_track_cases(sessions, 3), continuation_cases(sessions, max_seq_len=3)
+    quiet = evaluate_scorer("popular", Popular(), cases, vocab, cont)
+    assert capsys.readouterr().err == ""
+    shown = evaluate_scorer("popular", Popular(), cases, vocab, cont, progress=True)
+    err = capsys.readouterr().err
+    assert "popular, next track" in err and "popular, continuation" in err
+    assert shown.metrics == quiet.metrics                   # a bar changes nothing it measures
