@@ -83,6 +83,15 @@ class ScoreEvidence:
         return [float(per_case[k].sum()) for k in keys]
 
 
+def _at(term: torch.Tensor | None, col: torch.Tensor) -> np.ndarray:
+    """A score term's value at each row's target (0 where there is no such term)."""
+    return term.gather(1, col)[:, 0].numpy() if term is not None else np.zeros(len(col), np.float32)
+
+
+def _at_row(term: torch.Tensor | None, row: int, items: torch.Tensor) -> np.ndarray:
+    return term[row, items].numpy() if term is not None else np.zeros(len(items), np.float32)
+
+
 def _pad_rows(values: list[np.ndarray], fill, dtype) -> np.ndarray:
     width = max([len(v) for v in values] + [1])
     out = np.full((len(values), width), fill, dtype=dtype)
@@ -122,24 +131,26 @@ def collect_evidence(
             hist = hist.cpu()
             in_history = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, hist, True)
             in_history[:, 0] = False
-            votes, transitions = torch.zeros_like(scores), torch.zeros_like(scores)
+            # without neighbours no catalog-sized vote matrices: validation runs this every epoch
+            votes = transitions = None
             if neighbours is not None:
                 votes, transitions = (torch.from_numpy(m.toarray()) for m in neighbours.scaled_vote_terms(hist.numpy()))
             if exclude_seen:
                 scores.masked_fill_(in_history, float("-inf"))
-                votes.masked_fill_(in_history, 0.0)
-                transitions.masked_fill_(in_history, 0.0)
+                if neighbours is not None:
+                    votes.masked_fill_(in_history, 0.0)
+                    transitions.masked_fill_(in_history, 0.0)
                 in_history.zero_()
             top = scores.topk(min(max_k, scores.shape[1] - 1), dim=1).values   # PAD (-inf) left out
             keep["gap"].append((top[:, 0] - top[:, -1]).double().numpy())
-            in_support = in_history | (votes > 0) | (transitions > 0)
+            in_support = in_history.clone() if neighbours is None else in_history | (votes > 0) | (transitions > 0)
             rest = scores.masked_fill(in_support, float("-inf"))
             keep["rest"].append(rest.topk(min(max_k + 1, rest.shape[1]), dim=1).values.numpy())
             col = targets.cpu()[:, None]
             keep["t"].append(scores.gather(1, col)[:, 0].numpy())
             keep["tin"].append(in_history.gather(1, col)[:, 0].numpy())
-            keep["tv"].append(votes.gather(1, col)[:, 0].numpy())
-            keep["tt"].append(transitions.gather(1, col)[:, 0].numpy())
+            keep["tv"].append(_at(votes, col))
+            keep["tt"].append(_at(transitions, col))
             keep["tsup"].append(in_support.gather(1, col)[:, 0].numpy())
             # the support without the target itself (it is counted apart)
             in_support.scatter_(1, col, False)
@@ -147,8 +158,8 @@ def collect_evidence(
                 items = torch.nonzero(in_support[row], as_tuple=True)[0]
                 support["s"].append(scores[row, items].numpy())
                 support["in"].append(in_history[row, items].numpy())
-                support["v"].append(votes[row, items].numpy())
-                support["tr"].append(transitions[row, items].numpy())
+                support["v"].append(_at_row(votes, row, items))
+                support["tr"].append(_at_row(transitions, row, items))
     cat = lambda k, dtype: np.concatenate(keep[k]).astype(dtype) if keep[k] else np.zeros(0, dtype)  # noqa: E731
     gaps = cat("gap", np.float64)
     target_in_support = cat("tsup", bool)
