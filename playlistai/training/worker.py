@@ -258,6 +258,8 @@ def train_worker(cfg: dict) -> dict:
         logger = MlflowEpochLogger(cfg["run_id"], cfg["tracking_uri"])
 
     def on_epoch_end(record: dict, snapshot) -> None:
+        # this process's peak so far, epoch by epoch: memory that grows with the epochs shows here
+        record["worker_peak_rss_mb"] = peak_rss_mb()
         if logger is not None:
             logger(record)
         epoch_name = f"epoch_{record['epoch']:03d}"

@@ -90,8 +90,11 @@ def test_local_run_logs_params_curves_and_a_loadable_checkpoint(tiny_data_dir, t
     tags = run.data.tags
     assert tags["model_family"] == "gru4rec" and len(tags["data_hash"]) == 64 and "git_commit" in tags
     client = mlflow.tracking.MlflowClient()
-    for key in ("train_loss", "val_recall_at_20", "val_ndcg_at_10", "lr", "epoch_seconds", "train_events_per_second"):
+    for key in ("train_loss", "val_recall_at_20", "val_ndcg_at_10", "lr", "epoch_seconds", "train_events_per_second",
+                "worker_peak_rss_mb"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    rss = [m.value for m in client.get_metric_history(run_id, "worker_peak_rss_mb")]
+    assert 100 < rss[0] <= rss[1]                 # a peak (MB) can only grow
     assert "best_val_ndcg_at_10" in run.data.metrics
 
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/checkpoint", dst_path=str(tmp_path / "dl"))
