@@ -136,6 +136,9 @@ class Promotions:
         ws = self.ws
         common = ["--model", "sasrec", *TRAIN_SHAPE.get(ws.profile.size, TRAIN_SHAPE["tiny"]), "--max-seq-len", "20",
                   "--patience", "0", "--trainer", "local", "--progress", "false", "--data-dir", str(ws.data_dir),
+                  # the models alone: the neighbours' votes and transitions lift a weak model on tiny data
+                  # to the strong one's level, and the scenario needs clearly different candidates
+                  "--neighbour-mix", "false",
                   "--storage-path", str(self.work / "train-storage")]
         plans = {"strong": ["--epochs", str(max(3, ws.profile.train_epochs))],
                  "weak": ["--epochs", "1"],
