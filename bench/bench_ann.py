@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.bench_startup import cpu_model  # noqa: E402  (after the path)
 
 MODES = {"exact": None, "ann_500": 500, "ann_auto": 0}
 
@@ -80,16 +81,6 @@ def measure(recommender, requests: list[tuple]) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder or runs:/<id>/checkpoint")
@@ -121,7 +112,7 @@ def main() -> None:
                              "raw_overlap_at_20": params.overlap_at_20, "catalog": summary["catalog_size"],
                              "build_s": round(build_s, 1), **measure(recommender, requests)})
     load = os.getloadavg()
-    print(f"Machine: {cpu_name()}, {os.cpu_count()} cores; "
+    print(f"Machine: {cpu_model()}, {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load[0]:.1f} / {load[1]:.1f}; "
           f"catalog {rows[0]['catalog']:,} tracks; {args.requests} test requests, k=20, one thread\n")
     print("| index | tuned to | search breadth | FAISS raw top-20 overlap | exact p50 / p99 ms "

@@ -162,7 +162,7 @@ def main() -> None:
     load_end = os.getloadavg()
     summary = {
         "bench": "startup", "date": started, "old_ref": args.old_ref or None, "repeats": args.repeats,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU, {_cpu_model()}, Python {platform.python_version()}",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU, {cpu_model()}, Python {platform.python_version()}",
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in load_end],
         "import_seconds": {v: {s: median(x) for s, x in st.items()} for v, st in imports.items()},
         "import_packages": packages,
@@ -194,7 +194,8 @@ def main() -> None:
     print(text)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, as benchmarks record it beside their figures."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
