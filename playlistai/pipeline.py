@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import ExecutionException
 
-from playlistai.params import StageParams, param
+from playlistai.data.stages import SourceParams
+from playlistai.params import param
 from playlistai.registry import SELECTION_TAG
 
 SELECTION_METRIC = "val_ndcg_at_10"
@@ -55,20 +56,10 @@ class PipelineError(RuntimeError):
 
 
 @dataclass
-class MainParams(StageParams):
-    """The `main` entry point's params (MLproject); 0, -1 and "" leave a value to the stage that takes it."""
+class MainParams(SourceParams):
+    """The `main` entry point's params (MLproject): the data stage's source params, then the other
+    stages'; 0, -1 and "" leave a value to the stage that takes it."""
 
-    size: str = param("default", "synthetic dataset size: tiny | default | large")
-    seed: int = param(42, minimum=0)
-    data_dir: str = param("", "defaults to DATA_DIR, or data/<file name> for a source file")
-    source: str = param("synthetic", "'synthetic' or the path of a log file (the data stage's source)")
-    format: str = param("auto", "auto | csv | tsv | parquet | lastfm1k (a source file's format)")
-    user_col: str = param("user_id")
-    track_col: str = param("track_id")
-    ts_col: str = param("ts")
-    artist_col: str = param("artist_id")
-    genre_col: str = param("genre")
-    time_unit: str = param("auto", "auto | s | ms | iso")
     models: str = param("sasrec,gru4rec", "models to train, comma-separated; the best on validation is registered")
     epochs: int = param(0, "0 = the train stage's default", minimum=0)
     num_workers: int = param(0, "Ray Train workers; 0 = the train stage's default", minimum=0)
@@ -80,9 +71,6 @@ class MainParams(StageParams):
     promote: str = param("auto", "auto | force | never (the register stage's gate)")
     n_resamples: int = param(1000, "bootstrap resamples (evaluation and gate)", minimum=10)
     engine: str = param("pandas", "pandas | ray: the engine of the preprocess and splits stages")
-
-    def columns(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in ("user_col", "track_col", "ts_col", "artist_col", "genre_col")}
 
 
 def parse_models(value: str | Sequence[str]) -> list[str]:

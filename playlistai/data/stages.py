@@ -38,29 +38,35 @@ ENGINE_HELP = "pandas | ray: ray runs the stage on Ray Data (RAY_ADDRESS, else a
 
 
 @dataclass
-class DataParams(StageParams):
-    """The `data` entry point's params (MLproject)."""
+class SourceParams(StageParams):
+    """What the `data` stage reads and where it writes it: the params that `data` and `main` share."""
 
     source: str = param("synthetic", "'synthetic' or the path of a log file")
     format: str = param("auto", "auto | csv | tsv | parquet | lastfm1k (CSV and TSV may be .gz)")
     size: str = param("default", "synthetic size: tiny | default | large")
     seed: int = param(42, minimum=0)
     # not Settings-backed: "" is DATA_DIR for the synthetic data but a folder of its own for a file
-    data_dir: str = param("", "defaults to DATA_DIR")
+    data_dir: str = param("", "defaults to DATA_DIR, or data/<file name> for a log file")
     user_col: str = param("user_id")
     track_col: str = param("track_id")
     ts_col: str = param("ts")
     artist_col: str = param("artist_id")
     genre_col: str = param("genre")
     time_unit: str = param("auto", "auto | s | ms | iso")
+
+    def columns(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+@dataclass
+class DataParams(SourceParams):
+    """The `data` entry point's params (MLproject)."""
+
     time_min: str = param(DEFAULT_TIME_MIN, "earliest plausible time: an ISO-8601 date or time (UTC unless it has "
                           "an offset), 'now' or 'now-Nd'")
     time_max: str = param(DEFAULT_TIME_MAX, "latest plausible time, as time_min ('now+1d': a day ahead)")
     max_id_length: int = param(DEFAULT_MAX_ID_LENGTH, "longest user, track, artist or genre id (characters)",
                                minimum=1)
-
-    def columns(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in COLUMNS}
 
 
 @dataclass
