@@ -12,11 +12,12 @@ DATA_DIR ?= data
 SEED ?= 42
 # engine of preprocess and splits: pandas, or ray (Ray Data on RAY_ADDRESS or a local Ray)
 ENGINE ?= pandas
-# `mlflow run` gets the tracking URI and experiment of the settings (environment or .env; see
-# playlistai/tracking.py, which prints them without importing mlflow); an experiment the launcher
-# creates is moved to MLFLOW_ARTIFACT_ROOT (./mlartifacts) by its first stage
-MLFLOW_RUN := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
-  $(VENV)/bin/mlflow run . --env-manager local
+# `$(TRACKING_ENV) <command>` runs the command with the tracking URI and experiment of the settings
+# (environment or .env; see playlistai/tracking.py, which prints them without importing mlflow).
+# `$(MLFLOW_RUN)`: an experiment the launcher creates is moved to MLFLOW_ARTIFACT_ROOT (./mlartifacts)
+# by its first stage
+TRACKING_ENV := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" &&
+MLFLOW_RUN := $(TRACKING_ENV) $(VENV)/bin/mlflow run . --env-manager local
 
 .PHONY: setup data preprocess splits test lint demo demo-quick clean
 
@@ -224,7 +225,7 @@ CHECKPOINT ?=
 BENCH_ANN_ARGS ?=
 bench-ann: $(STAMP)
 	@test -n "$(CHECKPOINT)" || (echo "bench-ann: give CHECKPOINT=runs:/<train run>/checkpoint (or a folder)" >&2; exit 2)
-	mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" && \
+	$(TRACKING_ENV) \
 	  $(PY) bench/bench_ann.py --checkpoint $(CHECKPOINT) --data-dir $(DATA_DIR) $(BENCH_ANN_ARGS)
 
 bench-serve: $(STAMP)
