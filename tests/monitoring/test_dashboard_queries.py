@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -29,12 +27,11 @@ from monitoring.drift_job import DriftJobConfig, run_drift_job
 from monitoring.replay import make_requests
 from playlistai.data.sequences import load_split
 from playlistai.tracking import stage_run
-from tests.monitoring.conftest import free_port, port_open, require_binary, wait_until
+from tests.monitoring.conftest import SCRAPE_INTERVAL_S, instant, prometheus_api, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD_FOLDERS = ("monitoring", "deploy")
 DATASOURCES = REPO / "monitoring" / "grafana" / "provisioning" / "datasources"
-SCRAPE_INTERVAL_S = 1
 
 # Grafana's global variables, with the values it gives them for this dashboard's 6 h range and the
 # datasource's 15 s scrape interval: $__rate_interval = max($__interval + 15 s, 4 * 15 s) = 1 m.
@@ -164,31 +161,6 @@ def test_variables_are_substituted_as_grafana_does():
 
 # -- the live stack -------------------------------------------------------------------------------
 
-def prometheus_config(tmp_path: Path, api_port: int, pushgateway_port: int) -> Path:
-    """The repo's prometheus.yml and alert rules, pointed at the test ports, scraping every second."""
-    config = yaml.safe_load((REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text())
-    interval = f"{SCRAPE_INTERVAL_S}s"
-    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
-    targets = {"playlistai-api": f"127.0.0.1:{api_port}", "pushgateway": f"127.0.0.1:{pushgateway_port}"}
-    for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-    (tmp_path / "alerts.yml").write_text((REPO / "monitoring" / "prometheus" / "alerts.yml").read_text())
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def prometheus_api(prometheus: str, endpoint: str, **params) -> dict:
-    body = httpx.get(f"{prometheus}/api/v1/{endpoint}", params=params, timeout=10).json()
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def instant(prometheus: str, promql: str, at: float | None = None) -> list[dict]:
-    params = {"query": promql} | ({"time": f"{at:.3f}"} if at is not None else {})
-    return prometheus_api(prometheus, "query", **params)["result"]
-
-
 def sent_total(prometheus: str) -> float:
     result = instant(prometheus, 'sum(requests_total{job="playlistai-api", route="/continue"})')
     return float(result[0]["value"][1]) if result else 0.0
@@ -235,32 +207,9 @@ class Traffic:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_every_dashboard_query_returns_data(monitoring_model, redis_url, start_server, tmp_path):
+def test_every_dashboard_query_returns_data(monitoring_model, monitoring_stack, redis_url):
     queries = panel_queries()
-    prometheus_bin = require_binary("prometheus")
-    pushgateway_bin = require_binary("prometheus-pushgateway")
-    api_port, pushgateway_port, prometheus_port = free_port(), free_port(), free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    pushgateway = f"http://127.0.0.1:{pushgateway_port}"
-    prometheus = f"http://127.0.0.1:{prometheus_port}"
-    state_file = tmp_path / "drift_state.json"
-
-    start_server("pushgateway", [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
-                 ready=lambda: port_open(pushgateway_port))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": redis_url, "REGISTERED_MODEL_NAME": monitoring_model["name"],
-           "MODEL_ALIAS": "production", "MLFLOW_TRACKING_URI": monitoring_model["tracking_uri"],
-           "DRIFT_STATE_FILE": str(state_file), "MODEL_POLL_S": "3600", "TORCH_THREADS": "1",
-           "REDIS_TIMEOUT_MS": "2000"}        # the repeats hit the cache on a busy CPU too
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    start_server("api", [sys.executable, "-m", "uvicorn", "serving.main:app", "--host", "127.0.0.1", "--port",
-                         str(api_port), "--no-access-log", "--log-level", "warning"],
-                 ready=lambda: httpx.get(f"{api}/healthz", timeout=2).json()["model_loaded"], timeout_s=90,
-                 cwd=REPO, env=env)
-    config = prometheus_config(tmp_path, api_port, pushgateway_port)
-    start_server("prometheus", [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                 ready=lambda: httpx.get(f"{prometheus}/-/ready", timeout=2).status_code == 200, timeout_s=60)
-    wait_until(lambda: len(instant(prometheus, "up == 1")) == 2, 30, "Prometheus did not scrape both targets")
+    api, pushgateway, prometheus = monitoring_stack.api, monitoring_stack.pushgateway, monitoring_stack.prometheus
 
     # two batches, each seen by Prometheus before the next: rate() has increases between scrapes
     size, repeats = 110, 20
@@ -278,7 +227,7 @@ def test_every_dashboard_query_returns_data(monitoring_model, redis_url, start_s
     stream = redis.Redis.from_url(redis_url)
     wait_until(lambda: stream.xlen("playlistai:traffic:v1") >= traffic.rows, 30, "the API did not write its feature rows")
     job = DriftJobConfig(model_uri=monitoring_model["uri"], window=traffic.rows, redis_url=redis_url,
-                         state_file=str(state_file), pushgateway_url=pushgateway)
+                         state_file=str(monitoring_stack.state_file), pushgateway_url=pushgateway)
     with stage_run("drift", {"window": traffic.rows}):
         state = run_drift_job(job)
     assert state["status"] != "not_enough_data" and state["psi"], state
