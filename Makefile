@@ -198,7 +198,8 @@ realdata-eval: $(STAMP)
 	  -P model_uri=$$uris
 
 # -- serving: `make api` serves models:/playlistai@production on API_PORT (README "Serving").
-# bench-serve: latency and throughput of POST /continue under wrk (BENCHMARKS.md)
+# bench-serve: latency and throughput of POST /continue under wrk, 1 worker and one per core (BENCHMARKS.md);
+# trained models: BENCH_SERVE_ARGS="--checkpoints large=runs:/<train run>/checkpoint"
 API_PORT ?= 8088
 API_HOST ?= 127.0.0.1
 BENCH_SERVE_SIZES ?= default

@@ -1,15 +1,19 @@
 """Latency and throughput of the HTTP API (`make bench-serve`).
 
-    python bench/bench_serve.py [--sizes default[,large]] [--duration 10] [--clients 1,8]
+    python bench/bench_serve.py [--sizes default[,large]] [--duration 10] [--clients 1,8] [--workers 1,2]
+        [--checkpoints large=runs:/<train run>/checkpoint[,default=...]]
 
 For each catalog size:
 1. The data stages run once into `data-root/<size>` (kept for later runs).
-2. The production model: an untrained SASRec of the product's default shape (MODEL_D, 2 layers,
-   MAX_SEQ_LEN), packaged with its FAISS index like any trained one (latency does not depend on
-   the weights' quality), registered in a throw-away MLflow store as `playlistai@production`.
-   `--model-uri` serves an existing model instead.
-3. A Redis of its own (own port, no persistence) and the API (`uvicorn serving.main:app`, one
-   process, the product's settings) start; the API loads the alias like in production.
+2. The production model: the trained checkpoint `--checkpoints` names for that size, or else an
+   untrained SASRec of the product's default shape (MODEL_D, 2 layers, MAX_SEQ_LEN; fine for HTTP
+   latency, not for judging an ANN index, whose recall depends on the trained geometry), packaged
+   with its FAISS index as `register` packages it, registered in a throw-away MLflow store as
+   `playlistai@production`. `--model-uri` serves an existing model instead.
+3. A Redis of its own (own port, no persistence) and, for each `--workers` count, the API as
+   `make api` runs it (gunicorn with the edge's uvicorn workers, WEB_CONCURRENCY of them, metrics
+   summed through PROMETHEUS_MULTIPROC_DIR); it loads the alias like in production. One worker is
+   what `make api` ran before it started one worker per core. After the runs, each worker's RSS.
 4. wrk (a separate load-generator process, bench/wrk_continue.lua) drives POST /continue with
    realistic requests (histories of 5-50 known tracks drawn by popularity, random context):
    - exact uncached, ANN uncached: every body is distinct and Redis is flushed before each run;
@@ -24,6 +28,7 @@ Prints a Markdown table, then one line of JSON with every figure (the last line)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -84,10 +89,39 @@ def ensure_data(size: str, data_dir: Path) -> None:
         log(f"built {size} data in {time.perf_counter() - started:.0f} s -> {data_dir}")
 
 
-def ensure_package(data_dir: Path, work_dir: Path) -> Path:
-    """An untrained SASRec of the default shape, packaged (FAISS index included); kept for later runs."""
-    package = work_dir / "package"
+def fetch_checkpoint(uri: str, work_dir: Path) -> Path:
+    """A checkpoint folder as is, or an MLflow artifact URI downloaded once into `work_dir` (from the
+    store the caller's environment names, so before any throw-away store replaces it)."""
+    if Path(uri).is_dir():
+        return Path(uri).resolve()
+    target = work_dir / f"checkpoint-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+    if not target.is_dir():
+        import mlflow
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=work_dir))
+        shutil.move(mlflow.artifacts.download_artifacts(uri, dst_path=str(staging)), target)
+        shutil.rmtree(staging)
+        log(f"downloaded {uri} -> {target}")
+    return target
+
+
+def ensure_package(data_dir: Path, work_dir: Path, checkpoint: Path | None = None) -> Path:
+    """The trained checkpoint folder, or an untrained SASRec of the default shape, packaged (FAISS
+    index included); kept for later runs with the same checkpoint."""
+    from playlistai.registry.packaging import build_package
+
+    name = f"package-{hashlib.sha256(str(checkpoint).encode()).hexdigest()[:12]}" if checkpoint else "package"
+    package = work_dir / name
     if (package / "manifest.json").exists():
+        return package
+    staging = work_dir / f"{name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    started = time.perf_counter()
+    if checkpoint:
+        build_package(checkpoint, data_dir, staging)
+        staging.rename(package)
+        log(f"packaged the trained checkpoint {checkpoint} in {time.perf_counter() - started:.0f} s")
         return package
     import torch
 
@@ -95,17 +129,15 @@ def ensure_package(data_dir: Path, work_dir: Path) -> Path:
     from playlistai.data.sequences import load_vocab
     from playlistai.models import ModelConfig, build_model
     from playlistai.models.checkpoint import save_checkpoint
-    from playlistai.registry.packaging import build_package
 
     settings = get_settings()
     torch.manual_seed(0)
     vocab = load_vocab(data_dir)
     config = ModelConfig(family="sasrec", vocab_size=vocab.size, d_model=settings.MODEL_D, n_layers=2,
                          max_seq_len=settings.MAX_SEQ_LEN)
-    started = time.perf_counter()
     checkpoint = save_checkpoint(work_dir / "checkpoint", build_model(config), vocab)
-    build_package(checkpoint, data_dir, work_dir / "package.tmp")
-    (work_dir / "package.tmp").rename(package)
+    build_package(checkpoint, data_dir, staging)
+    staging.rename(package)
     log(f"packaged the bench model ({vocab.size - 1} tracks) in {time.perf_counter() - started:.0f} s")
     return package
 
@@ -182,6 +214,7 @@ def scoring_comparison(package: Path, bodies: list[str], repeats: int = 1) -> di
 # -- one catalog size ------------------------------------------------------------------------------
 
 def bench_size(size: str, args) -> dict:
+    """Every worker count's runs on one catalog; one Redis, one registered model for all of them."""
     import redis
 
     from playlistai.data.sequences import load_vocab
@@ -193,38 +226,25 @@ def bench_size(size: str, args) -> dict:
     vocab = load_vocab(data_dir)
 
     store = Path(tempfile.mkdtemp(prefix="bench-serve-store-"))
-    redis_port, api_port = free_port(), free_port()
-    processes: list[subprocess.Popen] = []
+    redis_port = free_port()
+    redis_server = None
     try:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "API_PORT": str(api_port),
-               "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "WEB_CONCURRENCY": "1", "USE_FAISS": "false"}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+               "USE_FAISS": "false", "LOG_LEVEL": "warning"}
         if args.model_uri:
             env["MODEL_URI"] = args.model_uri
             package = None
         else:
-            package = ensure_package(data_dir, work_dir)
+            package = ensure_package(data_dir, work_dir, args.checkpoints.get(size))
             env["MLFLOW_TRACKING_URI"] = register_production(package, store)
             env.pop("MODEL_URI", None)
             env["REGISTERED_MODEL_NAME"], env["MODEL_ALIAS"] = "playlistai", "production"
 
-        processes.append(subprocess.Popen(
+        redis_server = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(redis_port, 10)
         cache = redis.Redis(port=redis_port)
-
-        api_log = (work_dir / "api.log").open("w")
-        processes.append(subprocess.Popen(
-            [str(VENV_BIN / "uvicorn"), "serving.main:app", "--host", "127.0.0.1", "--port", str(api_port),
-             "--no-access-log", "--log-level", "warning"],
-            cwd=REPO, env=env, stdout=api_log, stderr=subprocess.STDOUT))
-        wait_port(api_port, 180)
-        import httpx
-
-        health = httpx.get(f"http://127.0.0.1:{api_port}/healthz", timeout=5).json()
-        if not health["model_loaded"] or not health["cache_connected"]:
-            raise RuntimeError(f"API not ready: {health}")
-        log(f"{size}: API serves model version {health['model_version']} ({len(vocab)} tracks) on port {api_port}")
 
         files = {}
         for scenario, use_ann, n, seed in (("exact", False, args.unique_bodies, 1), ("ann", True, args.unique_bodies, 2),
@@ -232,36 +252,14 @@ def bench_size(size: str, args) -> dict:
             files[scenario] = work_dir / f"bodies-{scenario}.jsonl"
             files[scenario].write_bytes(b"\n".join(request_bodies(vocab, n, seed, use_ann)) + b"\n")
 
-        runs = []
-        for scenario in args.scenarios:
-            for clients in args.clients:
-                cache.flushall()
-                if scenario == "cached":
-                    for body in files["cached"].read_text().splitlines():
-                        httpx.post(f"http://127.0.0.1:{api_port}/continue", content=body,
-                                   headers={"content-type": "application/json"})
-                run_wrk(api_port, files[scenario], clients, args.warmup)
-                if scenario != "cached":
-                    cache.flushall()
-                result = {"size": size, "scenario": scenario, **run_wrk(api_port, files[scenario], clients,
-                                                                          args.duration)}
-                runs.append(result)
-                log(json.dumps(result))
-                if args.profile and scenario == "exact" and clients == 1:
-                    result["profile"] = profile_api(processes[-1].pid, api_port, files[scenario], work_dir)
-        metrics = httpx.get(f"http://127.0.0.1:{api_port}/metrics", timeout=5).text
-        server_errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                            if line.startswith("requests_total{") and 'status="5' in line)
-        # Redis calls that timed out (REDIS_TIMEOUT_MS) and fell back to the in-process cache
-        cache_errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                           if line.startswith("cache_errors_total{"))
+        runs, servers = [], []
+        for workers in args.workers:
+            server = bench_workers(size, workers, env, work_dir, files, cache, args)
+            runs += server.pop("runs")
+            servers.append(server)
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        if redis_server is not None:
+            stop(redis_server)
         shutil.rmtree(store, ignore_errors=True)
 
     scoring = None
@@ -269,8 +267,75 @@ def bench_size(size: str, args) -> dict:
         bodies = files["exact"].read_text().splitlines()[: args.scoring_requests]
         scoring = scoring_comparison(package, bodies)
         log(f"{size}: scoring {json.dumps(scoring)}")
-    return {"size": size, "catalog": len(vocab), "model_version": health["model_version"], "runs": runs,
-            "scoring": scoring, "server_5xx": server_errors, "redis_fallbacks": cache_errors}
+    return {"size": size, "catalog": len(vocab), "runs": runs, "servers": servers, "scoring": scoring}
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def bench_workers(size: str, workers: int, env: dict, work_dir: Path, files: dict, cache, args) -> dict:
+    """The API as `make api` runs it, with `workers` workers: every scenario at every client count."""
+    import httpx
+    import psutil
+
+    api_port = free_port()
+    metrics_dir = Path(tempfile.mkdtemp(prefix="bench-serve-metrics-"))
+    server_env = {**env, "API_PORT": str(api_port), "API_HOST": "127.0.0.1", "WEB_CONCURRENCY": str(workers),
+                  "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    api_log = (work_dir / f"api-{workers}.log").open("w")
+    server = subprocess.Popen([str(VENV_BIN / "gunicorn"), "serving.main:app", "-c", "serving/gunicorn_conf.py"],
+                              cwd=REPO, env=server_env, stdout=api_log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_port(api_port, 300)
+        # every worker loads the model on its own: wait until enough /healthz answers say loaded
+        # (the kernel spreads connections, so a few more tries than workers)
+        def loaded() -> bool:
+            answers = [httpx.get(f"{base}/healthz", timeout=5).json() for _ in range(4 * workers)]
+            return all(a["model_loaded"] and a["cache_connected"] for a in answers)
+        wait_until(loaded, 300, what=f"{workers} workers with the model loaded")
+        health = httpx.get(f"{base}/healthz", timeout=5).json()
+        log(f"{size}: {workers} worker(s) serve model version {health['model_version']} on port {api_port}")
+
+        runs = []
+        for scenario in args.scenarios:
+            for clients in args.clients:
+                cache.flushall()
+                if scenario == "cached":
+                    for body in files["cached"].read_text().splitlines():
+                        httpx.post(f"{base}/continue", content=body, headers={"content-type": "application/json"})
+                run_wrk(api_port, files[scenario], clients, args.warmup)
+                if scenario != "cached":
+                    cache.flushall()
+                result = {"size": size, "workers": workers, "scenario": scenario,
+                          **run_wrk(api_port, files[scenario], clients, args.duration)}
+                runs.append(result)
+                log(json.dumps(result))
+                if args.profile and scenario == "exact" and clients == 1 and workers == 1:
+                    worker_pid = psutil.Process(server.pid).children()[0].pid
+                    result["profile"] = profile_api(worker_pid, api_port, files[scenario], work_dir)
+        worker_rss_mb = [round(child.memory_info().rss / 2**20) for child in psutil.Process(server.pid).children()]
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+    finally:
+        stop(server)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    # answers that were not 200, by status (503: the admission queue refused a request that would
+    # have waited past its target; wrk counts those as errors too)
+    refused: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("requests_total{") and 'status="200"' not in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            refused[status] = refused.get(status, 0) + float(line.rsplit(" ", 1)[1])
+    # Redis calls that timed out (REDIS_TIMEOUT_MS) and fell back to the in-process cache
+    cache_errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("cache_errors_total{"))
+    return {"workers": workers, "model_version": health["model_version"], "runs": runs,
+            "worker_rss_mb": worker_rss_mb, "non_200": refused, "redis_fallbacks": cache_errors}
 
 
 def profile_api(pid: int, port: int, bodies: Path, work_dir: Path) -> str | None:
@@ -290,12 +355,20 @@ def profile_api(pid: int, port: int, bodies: Path, work_dir: Path) -> str | None
 
 
 def markdown_table(results: list[dict]) -> str:
-    lines = ["| catalog | scenario | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| catalog | workers | scenario | clients | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for size in results:
         for r in size["runs"]:
-            lines.append(f"| {size['size']} ({size['catalog']:,} tracks) | {r['scenario']} | {r['clients']} | "
-                         f"{r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+            lines.append(f"| {size['size']} ({size['catalog']:,} tracks) | {r['workers']} | {r['scenario']} | "
+                         f"{r['clients']} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {r['errors']} |")
+    lines += ["", "| catalog | workers | RSS per worker (MB) | answers not 200, by status | Redis fallbacks |",
+              "| --- | ---: | --- | --- | ---: |"]
+    for size in results:
+        for server in size["servers"]:
+            rss = ", ".join(f"{mb:,}" for mb in server["worker_rss_mb"])
+            statuses = ", ".join(f"{n:,.0f} x {status}" for status, n in sorted(server["non_200"].items())) or "none"
+            lines.append(f"| {size['size']} | {server['workers']} | {rss} | {statuses} | {server['redis_fallbacks']:.0f} |")
     scoring = [s for s in results if s["scoring"]]
     if scoring:
         lines += ["", "| catalog | index | exact p50 ms | ANN p50 ms | speed-up | top-20 overlap |",
@@ -311,17 +384,28 @@ def summary(results: list[dict]) -> dict:
     flat = {}
     for size in results:
         for r in size["runs"]:
-            key = f"{size['size']}_{r['scenario']}_{r['clients']}"
+            key = f"{size['size']}_w{r['workers']}_{r['scenario']}_{r['clients']}"
             flat[f"{key}_rps"] = r["rps"]
             flat[f"{key}_p50_ms"] = r["p50_ms"]
             flat[f"{key}_p99_ms"] = r["p99_ms"]
             flat[f"{key}_errors"] = r["errors"]
+        for server in size["servers"]:
+            key = f"{size['size']}_w{server['workers']}"
+            flat[f"{key}_max_worker_rss_mb"] = max(server["worker_rss_mb"], default=0)
+            flat[f"{key}_server_5xx"] = sum(n for status, n in server["non_200"].items() if status.startswith("5"))
+            flat[f"{key}_redis_fallbacks"] = server["redis_fallbacks"]
         if size["scoring"]:
             flat[f"{size['size']}_ann_speedup"] = size["scoring"]["ann_speedup"]
             flat[f"{size['size']}_ann_top20_overlap"] = size["scoring"]["top20_overlap"]
-        flat[f"{size['size']}_server_5xx"] = size["server_5xx"]
-        flat[f"{size['size']}_redis_fallbacks"] = size["redis_fallbacks"]
     return flat
+
+
+def parse_checkpoints(text: str) -> dict[str, str]:
+    """`large=runs:/abc/checkpoint,default=/path` -> {size: uri}"""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0] or not pair[1] for pair in pairs):
+        raise SystemExit(f"bench-serve: --checkpoints takes size=uri pairs separated by commas, got {text!r}")
+    return {size.strip(): uri.strip() for size, uri in pairs}
 
 
 def main() -> None:
@@ -329,6 +413,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="default")
     parser.add_argument("--scenarios", default="exact,ann,cached")
     parser.add_argument("--clients", default="1,8")
+    parser.add_argument("--workers", default=f"1,{len(os.sched_getaffinity(0))}",
+                        help="API worker counts to compare (one worker: how `make api` served before)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
     parser.add_argument("--unique-bodies", type=int, default=20_000)
@@ -337,16 +423,21 @@ def main() -> None:
     parser.add_argument("--data-root", default="data/bench")
     parser.add_argument("--work-root", default="data/bench-serve")
     parser.add_argument("--model-uri", default="", help="serve this model instead of building the bench model")
+    parser.add_argument("--checkpoints", default="", help="size=checkpoint pairs: trained models to package and serve")
     parser.add_argument("--profile", action="store_true", help="py-spy the API during exact, 1 client")
     args = parser.parse_args()
     args.scenarios = args.scenarios.split(",")
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.workers = sorted({int(w) for w in args.workers.split(",")})
     if shutil.which("wrk") is None:
         sys.exit("bench-serve: wrk is not installed (apt-get install -y wrk; `make bench-serve` does it)")
+    # downloaded first: the data and model steps point the environment at throw-away stores
+    args.checkpoints = {size: fetch_checkpoint(uri, Path(args.work_root) / size)
+                        for size, uri in parse_checkpoints(args.checkpoints).items()}
 
     results = [bench_size(size, args) for size in args.sizes.split(",")]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
-    print(f"\nPOST /continue, one uvicorn process, wrk closed-loop; {machine}\n")
+    print(f"\nPOST /continue, gunicorn with uvicorn workers, wrk closed-loop; {machine}; {time.strftime('%Y-%m-%d %H:%M %Z')}\n")
     print(markdown_table(results))
     print(json.dumps({"bench": "serve", "machine": machine, **summary(results)}, separators=(",", ":")))
 
