@@ -166,7 +166,10 @@ def monitoring_stack(monitoring_model, redis_url, start_server, tmp_path) -> Mon
     stack = MonitoringStack(api=f"http://127.0.0.1:{api_port}", pushgateway=f"http://127.0.0.1:{pushgateway_port}",
                             prometheus=f"http://127.0.0.1:{prometheus_port}", state_file=tmp_path / "drift_state.json")
 
-    start_server("pushgateway", [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}"],
+    # in memory only: Debian's binary persists to /var/lib/prometheus/pushgateway.data by default, so a
+    # Pushgateway would start with the drift gauges an earlier test pushed
+    start_server("pushgateway", [pushgateway_bin, f"--web.listen-address=127.0.0.1:{pushgateway_port}",
+                                 "--persistence.file="],
                  ready=lambda: port_open(pushgateway_port))
     env = {**os.environ, "PYTHONPATH": str(REPO), "REDIS_URL": redis_url, "REGISTERED_MODEL_NAME": monitoring_model["name"],
            "MODEL_ALIAS": "production", "MLFLOW_TRACKING_URI": monitoring_model["tracking_uri"],
