@@ -25,6 +25,18 @@ def local_ray():
         ray.shutdown()
 
 
+def test_local_workers_run_at_the_drivers_niceness(local_ray):
+    import os
+
+    import ray
+
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote()) == os.nice(0)      # Ray's own default would add 15
+
+
 def _params(data_dir, storage, **kw) -> TrainParams:
     base = dict(model="sasrec", d_model=16, n_layers=1, n_heads=2, max_seq_len=20, epochs=EPOCHS, batch_size=128,
                 lr=3e-3, patience=0, seed=5, val_max_cases=0, progress=False, trainer="ray", num_workers=2,
