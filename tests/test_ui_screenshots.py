@@ -124,7 +124,8 @@ def test_the_screenshots_of_a_small_store_show_its_runs_and_alias(tmp_path):
     client.set_terminated(main)
     client.create_registered_model("playlistai")
     version = client.create_model_version("playlistai", f"runs:/{gru4rec}/model", run_id=gru4rec,
-                                          tags={"gate_decision": "promoted", "gate_reason": "no production yet"})
+                                          tags={"gate": "promoted (first version)", "gate_decision": "promoted",
+                                                "gate_reason": "no production yet"})
     client.set_registered_model_alias("playlistai", "production", version.version)
 
     out = tmp_path / "out"

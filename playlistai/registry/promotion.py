@@ -42,6 +42,8 @@ PROMOTE_MODES = ("auto", "force", "never")
 CHALLENGER_ALIAS = "challenger"
 MAX_ATTEMPTS = 5
 LOCK_SUFFIX = ".promotion-lock"
+# the version tag that says the decision in a few words (GateDecision.headline); `gate_reason` says it whole
+GATE_TAG = "gate"
 
 
 class PromotionError(RuntimeError):
@@ -173,8 +175,27 @@ class GateDecision:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def headline(self) -> str:
+        """The decision in a few words, for the registry's versions table, which shows a tag whole
+        only while its key and value together stay within 30 characters: the version promoted or
+        kept, and the gate metric's difference, this version minus production (the reason has the rest)."""
+        before = f"v{self.production_before}" if self.production_before else ""
+        diff = f"{self.comparison['mean_diff']:+.4f}" if self.comparison else ""
+        if self.decision == "promoted":
+            return f"promoted ({diff} vs {before})" if diff else "promoted (first version)"
+        if self.decision == "rejected":
+            return f"kept {before} ({diff})"
+        if self.decision == "not_promoted":
+            return f"kept {before} (never, {diff})" if before else "not promoted (never)"
+        if self.decision == "forced":
+            if not before:
+                return "forced (first version)"
+            return f"rollback from {before}" if int(self.version) < int(self.production_before) else f"forced over {before}"
+        return self.decision
+
     def version_tags(self) -> dict[str, str]:
         tags = {
+            GATE_TAG: self.headline(),
             "gate_decision": self.decision,
             "gate_reason": self.reason,
             "gate_mode": self.mode,

@@ -42,7 +42,7 @@ def test_registry_tiny_main_leaves_a_production_model(tiny_pipeline):
 
     assert production(client) == main_run.data.tags["registered_version"]
     mv = client.get_model_version(NAME, production(client))
-    assert mv.tags["gate_decision"] == "promoted"
+    assert mv.tags["gate_decision"] == "promoted" and mv.tags["gate"] == "promoted (first version)"
     assert "no production version yet" in mv.tags["gate_reason"]
     assert mv.tags["model_family"] == main_run.data.tags["best_model"]
     for key in ("data_hash", "git_commit", "train_run_id", "test_ndcg_at_10", "test_recall_at_20", "ann_index_type"):
@@ -193,6 +193,7 @@ def test_registry_weaker_challenger_is_rejected_then_force_and_rollback(tiny_pip
     assert mv.tags["gate_decision"] == "rejected"
     assert "not significantly better" in mv.tags["gate_reason"]
     assert float(mv.tags["gate_mean_diff"]) < 0
+    assert mv.tags["gate"].startswith(f"kept v{champion} (-"), mv.tags["gate"]
     assert mv.tags["gate_compared_with"] == champion
     assert production(client) == champion, "a rejected challenger never takes production"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == weak
@@ -204,6 +205,7 @@ def test_registry_weaker_challenger_is_rejected_then_force_and_rollback(tiny_pip
     assert forced["decision"]["decision"] == "forced" and production(client) == weak
     rolled = _register(data_dir=data_dir, version=champion, promote="force")
     assert "rollback" in rolled["decision"]["reason"] and production(client) == champion
+    assert client.get_model_version(NAME, champion).tags["gate"] == f"rollback from v{weak}"
     assert load_recommender(f"models:/{NAME}@production").model_version == champion
 
     # promote=never records a comparison and leaves the alias alone

@@ -107,6 +107,7 @@ def test_registry_force_moves_alias_and_says_rollback(registry):
                                             lambda *a: pytest.fail("force does not compare"))
     assert decision.decision == "forced" and "rollback" in decision.reason
     assert str(client.get_model_version_by_alias(name, "production").version) == v1
+    assert client.get_model_version(name, v1).tags[promotion.GATE_TAG] == f"rollback from v{v2}"
 
 
 def test_registry_reason_begins_with_how_the_model_was_chosen(registry):
@@ -118,6 +119,29 @@ def test_registry_reason_begins_with_how_the_model_was_chosen(registry):
     assert decision.decision == "rejected"
     assert decision.reason.startswith(chosen + "; v" + v2) and "not significantly better" in decision.reason
     assert client.get_model_version(name, v2).tags["gate_reason"] == decision.reason
+
+
+@pytest.mark.parametrize("decision, mode, version, before, diff, headline", [
+    ("promoted", "auto", "12", "11", 0.0202, "promoted (+0.0202 vs v11)"),
+    ("promoted", "auto", "1", None, None, "promoted (first version)"),
+    ("rejected", "auto", "123", "122", -0.1234, "kept v122 (-0.1234)"),
+    ("not_promoted", "never", "123", "122", 0.0010, "kept v122 (never, +0.0010)"),
+    ("not_promoted", "never", "1", None, None, "not promoted (never)"),
+    ("forced", "force", "9", "10", None, "rollback from v10"),
+    ("forced", "force", "11", "10", None, "forced over v10"),
+    ("forced", "force", "1", None, None, "forced (first version)"),
+    ("unchanged", "auto", "3", "3", None, "unchanged"),
+])
+def test_the_gate_tag_says_the_decision_in_a_few_words(decision, mode, version, before, diff, headline):
+    """`gate` fits the registry's versions table, which cuts a tag whose key and value pass 30 characters."""
+    gate = promotion.GateDecision(
+        mode=mode, version=version, promoted=decision in ("promoted", "forced"), decision=decision,
+        reason="the whole reason", production_before=before, production_after=None,
+        comparison=None if diff is None else comparison(diff).as_dict(),
+        attempts=1, decided_at="2026-01-01T00:00:00Z")
+    tags = gate.version_tags()
+    assert tags[promotion.GATE_TAG] == headline and tags["gate_reason"] == "the whole reason"
+    assert len(promotion.GATE_TAG) + len(headline) <= 30
 
 
 def test_registry_bad_promote_mode(registry):
@@ -149,4 +173,5 @@ def test_registry_time_waited_for_the_lock_is_recorded(registry):
     assert decision.promoted and decision.lock_wait_s >= 1.0
     tags = client.get_model_version(name, v2).tags
     assert float(tags["gate_lock_wait_s"]) >= 1.0 and tags["gate_attempts"] == "1"
+    assert tags[promotion.GATE_TAG] == f"promoted (+0.0500 vs v{v1})"
     assert name + promotion.LOCK_SUFFIX not in {m.name for m in client.search_registered_models()}
