@@ -44,15 +44,19 @@ import bisect
 import json
 import math
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from playlistai.data.vocab import Vocabulary
 
-SIZES = ("tiny", "default", "large")
+SIZES = ("tiny", "default", "large", "xlarge")
 
 GENRE_NAMES = [
     "ambient", "classical", "jazz", "folk", "acoustic", "soul", "blues", "indie", "pop", "rock",
@@ -98,6 +102,12 @@ PRESETS: dict[str, WorldConfig] = {
     "large": WorldConfig(
         n_genres=32, artists_per_genre=440, albums_per_artist=(1, 3), tracks_per_album=(6, 12),
         n_users=50000, sessions_per_user=8, session_len_mean=10, artist_zipf=0.8,
+    ),
+    # `large` scaled up for scale benchmarks: ~1.04M tracks (57,600 artists of ~18 tracks) and
+    # ~54M plays (~91 plays per user); the data stage writes it in chunks (`generate_chunks`)
+    "xlarge": WorldConfig(
+        n_genres=32, artists_per_genre=1800, albums_per_artist=(1, 3), tracks_per_album=(6, 12),
+        n_users=600_000, sessions_per_user=8, session_len_mean=10, artist_zipf=0.8,
     ),
 }
 
@@ -190,7 +200,8 @@ class SyntheticWorld:
         return np.array([f"t{i:06d}" for i in range(self.n_tracks)], dtype=object)
 
     def artist_ids(self) -> np.ndarray:
-        return np.array([f"a{i:05d}" for i in self.track_artist], dtype=object)
+        names = np.array([f"a{i:05d}" for i in range(int(self.track_artist.max()) + 1)], dtype=object)
+        return names[self.track_artist]
 
     def genre_names(self) -> np.ndarray:
         names = [GENRE_NAMES[g] if g < len(GENRE_NAMES) else f"genre{g:02d}" for g in range(self.config.n_genres)]
@@ -203,14 +214,19 @@ class SyntheticWorld:
     # -- the mixture, in closed form ------------------------------------------------------------
 
     def _tables(self) -> dict:
-        """Per-genre, per-artist and hit distributions, built once."""
+        """Per-genre, per-artist and hit distributions, built once, in memory linear in the catalog.
+
+        The genre component would be a dense [genre x track] table (about 260 MB at xlarge's 1M tracks);
+        it is kept as each track's share of its genre's popularity instead, and `_genre_row` makes
+        the one row a distribution needs.
+        """
         if self._cache:
             return self._cache
         T, G = self.n_tracks, self.config.n_genres
-        genre_dist = np.zeros((G, T))
-        for g in range(G):
-            m = self.track_genre == g
-            genre_dist[g, m] = self.track_pop[m] / self.track_pop[m].sum()
+        genre_members = [np.flatnonzero(self.track_genre == g) for g in range(G)]
+        genre_share = np.zeros(T)
+        for m in genre_members:
+            genre_share[m] = self.track_pop[m] / self.track_pop[m].sum()
         order = np.argsort(self.track_artist, kind="stable")
         bounds = np.r_[0, np.flatnonzero(np.diff(self.track_artist[order])) + 1, T]
         artist_tracks = [order[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
@@ -219,12 +235,28 @@ class SyntheticWorld:
         hits = np.argsort(-self.track_pop, kind="stable")[:n_hits]
         hit_dist = np.zeros(T)
         hit_dist[hits] = self.track_pop[hits] / self.track_pop[hits].sum()
-        context_dist = self.slot_genre @ genre_dist            # [N_SLOTS, T]
         self._cache.update(
-            genre_dist=genre_dist, artist_tracks=artist_tracks, artist_probs=artist_probs,
-            hit_dist=hit_dist, context_dist=context_dist,
+            genre_members=genre_members, genre_share=genre_share, artist_tracks=artist_tracks,
+            artist_probs=artist_probs, hit_dist=hit_dist,
         )
         return self._cache
+
+    def _genre_row(self, genre: int) -> np.ndarray:
+        """P(track | genre) over the catalog: popularity within the genre."""
+        tab = self._tables()
+        members = tab["genre_members"][genre]
+        row = np.zeros(self.n_tracks)
+        row[members] = tab["genre_share"][members]
+        return row
+
+    def _context_row(self, slot: int) -> np.ndarray:
+        """P(track | slot) over the catalog: P(genre | slot) x popularity within the genre.
+
+        The oracle asks for one per case, so the N_SLOTS rows are kept once made (80 MB at 1M
+        tracks); sampling never asks, so generating a log never makes them."""
+        if "context_dist" not in self._cache:
+            self._cache["context_dist"] = self.slot_genre[:, self.track_genre] * self._tables()["genre_share"]
+        return self._cache["context_dist"][slot]
 
     def mixture_weights(self, prefix: list[int]) -> dict[str, float]:
         """Component weights for the track after `prefix` (world track indices, non-empty)."""
@@ -255,8 +287,8 @@ class SyntheticWorld:
         tab = self._tables()
         w = self.mixture_weights(prefix)
         last, first = prefix[-1], prefix[0]
-        p = w["genre"] * tab["genre_dist"][self.track_genre[first]]
-        p = p + w["context"] * tab["context_dist"][context_slot(hour, dow)]
+        p = w["genre"] * self._genre_row(self.track_genre[first])
+        p = p + w["context"] * self._context_row(context_slot(hour, dow))
         p = p + w["hit"] * tab["hit_dist"]
         a = self.track_artist[last]
         p[tab["artist_tracks"][a]] += w["artist"] * tab["artist_probs"][a]
@@ -282,13 +314,20 @@ class SyntheticWorld:
 
     def generate(self) -> pd.DataFrame:
         """Sample the listening log of every user; returns the events contract, sorted by user, ts."""
+        return pd.concat(list(self.generate_chunks()), ignore_index=True)
+
+    def generate_chunks(self, chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """The log of `generate` in consecutive chunks of whole users, each closed at the first user
+        that brings it to `chunk_rows` plays (None: one chunk). The random draws are the same, in the
+        same order, whatever the chunk size: chunks only decide when rows are handed out, so a log
+        larger than memory can be written as it is drawn."""
         c = self.config
         tab = self._tables()
         rnd = random.Random(self.seed + 1)
         np_rng = np.random.default_rng(self.seed + 1)
         G = c.n_genres
-        cum = lambda p: list(np.cumsum(p / p.sum()))  # noqa: E731
-        genre_members = [np.flatnonzero(self.track_genre == g) for g in range(G)]
+        cum = lambda p: np.cumsum(p / p.sum()).tolist()  # noqa: E731
+        genre_members = tab["genre_members"]
         genre_cum = [cum(self.track_pop[m]) for m in genre_members]
         artist_cum = [cum(p) for p in tab["artist_probs"]]
         hit_members = np.flatnonzero(tab["hit_dist"] > 0)
@@ -306,6 +345,24 @@ class SyntheticWorld:
 
         def draw_genre_track(g: int) -> int:
             return draw(genre_cum[g], genre_members[g])
+
+        # id strings of the catalog, made once and shared by every chunk's rows
+        track_ids, artist_ids, genre_names = self.track_ids(), self.artist_ids(), self.genre_names()
+
+        def events_frame(users: list[int], tracks: list[int], times: list[int]) -> pd.DataFrame:
+            tracks_arr = np.asarray(tracks, np.int64)
+            frame = pd.DataFrame(
+                {
+                    "user_id": pd.Series([f"u{u:06d}" for u in users], dtype="object"),
+                    "track_id": track_ids[tracks_arr],
+                    "ts": pd.to_datetime(np.asarray(times, np.int64), unit="s", utc=True),
+                    "artist_id": artist_ids[tracks_arr],
+                    "genre": genre_names[tracks_arr],
+                }
+            )
+            for col in ("user_id", "track_id", "artist_id", "genre"):
+                frame[col] = frame[col].astype("string")
+            return frame
 
         users, tracks, times = [], [], []
         for u in range(c.n_users):
@@ -353,19 +410,11 @@ class SyntheticWorld:
                 tracks.extend(prefix)
                 times.extend(stamps)
                 next_free = t + 75 * 60 + rnd.randrange(4 * 3600)
-        tracks_arr = np.asarray(tracks, np.int64)
-        frame = pd.DataFrame(
-            {
-                "user_id": pd.Series([f"u{u:06d}" for u in users], dtype="object"),
-                "track_id": self.track_ids()[tracks_arr],
-                "ts": pd.to_datetime(np.asarray(times, np.int64), unit="s", utc=True),
-                "artist_id": self.artist_ids()[tracks_arr],
-                "genre": self.genre_names()[tracks_arr],
-            }
-        )
-        for col in ("user_id", "track_id", "artist_id", "genre"):
-            frame[col] = frame[col].astype("string")
-        return frame
+            if chunk_rows is not None and len(tracks) >= chunk_rows:
+                yield events_frame(users, tracks, times)
+                users, tracks, times = [], [], []
+        if tracks or chunk_rows is None:
+            yield events_frame(users, tracks, times)
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -399,9 +448,13 @@ def make_world(size: str, seed: int) -> SyntheticWorld:
     return SyntheticWorld.create(PRESETS[size], seed)
 
 
+SESSION_GAP_S = 45 * 60          # the ceilings cut sessions as preprocessing does by default
+CEILING_BATCH_ROWS = 1 << 20     # plays read at a time when the ceilings pass over the log
+
+
 def estimate_ceilings(
-    world: SyntheticWorld, events: pd.DataFrame, min_freq: int = 5, eval_frac: float = 0.1,
-    max_cases: int = 20000, seed: int = 0,
+    world: SyntheticWorld, events: pd.DataFrame | str | Path, min_freq: int = 5, eval_frac: float = 0.1,
+    max_cases: int = 20000, seed: int = 0, batch_rows: int = CEILING_BATCH_ROWS,
 ) -> dict[str, float]:
     """Oracle and MostPop on the latest sessions, as the data stage reports them.
 
@@ -409,58 +462,174 @@ def estimate_ceilings(
     the catalog is the tracks played `min_freq` times before the evaluation period; tracks of the
     input are excluded, as the default evaluation does. The evaluation stage computes the exact
     figures on the real test split; these are the data's ceiling and floor at a glance.
+
+    `events` is the world's log: a frame, or the Parquet file the data stage writes (sorted by
+    user, then time). It is read `batch_rows` plays at a time, in four passes (when the
+    evaluation period starts, the catalog, how many cases there are, the sampled cases), so
+    memory holds a batch and per-track and per-second counts, never the log; the figures do not
+    depend on `batch_rows`.
     """
-    ev = events.sort_values(["user_id", "ts"], kind="mergesort").reset_index(drop=True)
-    gap = ev["ts"].diff().dt.total_seconds().fillna(np.inf).to_numpy()
-    new_user = (ev["user_id"] != ev["user_id"].shift()).to_numpy()
-    sid = np.cumsum(new_user | (gap > 45 * 60))
-    ev["sid"] = sid
-    starts = ev.groupby("sid")["ts"].min().sort_values(kind="mergesort")
-    n_eval = max(1, int(len(starts) * eval_frac))
-    eval_sids = set(starts.index[-n_eval:])
-    in_eval = ev["sid"].isin(eval_sids).to_numpy()
-    train_counts = ev.loc[~in_eval, "track_id"].value_counts()
-    catalog = train_counts[train_counts >= min_freq]
-    vocab = Vocabulary.from_frame(pd.DataFrame({"track_id": catalog.index.astype(str), "count": catalog.values}))
+    def plays() -> Iterator[_Plays]:
+        return _plays_in_batches(events, batch_rows)
+
+    period = _EvalPeriod.of(world, plays(), eval_frac)
+    train_counts = np.zeros(world.n_tracks, np.int64)
+    for batch, in_eval in period.mark(plays()):
+        train_counts += np.bincount(batch.track[~in_eval], minlength=world.n_tracks)
+    catalog = np.flatnonzero(train_counts >= min_freq)
+    catalog = catalog[np.argsort(-train_counts[catalog], kind="stable")]
+    vocab = Vocabulary.from_frame(pd.DataFrame({"track_id": world.track_ids()[catalog],
+                                                "count": train_counts[catalog]}))
+    in_vocab = np.zeros(world.n_tracks, bool)
+    in_vocab[catalog] = True
     pop_scores = np.log1p(vocab.popularity().astype(np.float64))
     pop_scores[0] = -np.inf
 
-    rng = np.random.default_rng(seed)
-    test = ev[in_eval]
-    prefixes, hours, dows, targets = [], [], [], []
-    for _, s in test.groupby("sid", sort=False):
-        tr = s["track_id"].astype(str).tolist()
-        for t in range(1, len(tr)):
-            prefixes.append(tr[:t])
-            targets.append(vocab.index_of(tr[t]))
-            hours.append(s["ts"].iloc[t].hour)
-            dows.append(s["ts"].iloc[t].dayofweek)
-    keep = np.flatnonzero(np.asarray(targets) > 0)
-    # the oracle is a dense row per case: bound the work and the batch memory by catalog size
+    # a case: a play of an evaluation session after its first, whose track the catalog knows
+    def cases(batch: _Plays, in_eval: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(in_eval & ~batch.opens & in_vocab[batch.track])
+
+    n_cases = sum(len(cases(batch, in_eval)) for batch, in_eval in period.mark(plays()))
+    keep = np.arange(n_cases)
+    # the oracle is a dense row per case: bound the work, and a batch's scores to 1e7 (80 MB), by catalog size
     max_cases = min(max_cases, max(500, int(4e8 // max(len(vocab), 1))))
-    batch_size = max(64, min(2048, int(5e7 // max(len(vocab), 1))))
-    if len(keep) > max_cases:
-        keep = np.sort(rng.choice(keep, size=max_cases, replace=False))
+    batch_size = max(1, min(2048, int(1e7 // max(len(vocab), 1))))
+    if n_cases > max_cases:
+        keep = np.sort(np.random.default_rng(seed).choice(n_cases, size=max_cases, replace=False))
+    prefixes, targets, seconds = [], [], []
+    seen = 0
+    for batch, in_eval in period.mark(plays()):
+        rows = cases(batch, in_eval)
+        picked = rows[keep[(keep >= seen) & (keep < seen + len(rows))] - seen]
+        seen += len(rows)
+        if not len(picked):
+            continue
+        session_first = np.flatnonzero(batch.opens)[batch.session[picked]]
+        for first, row in zip(session_first.tolist(), picked.tolist(), strict=True):
+            prefixes.append(batch.track_ids.slice(first, row - first).to_pylist())
+            targets.append(vocab.index_of(batch.track_ids[row].as_py()))
+        seconds.append(batch.seconds[picked])
+    seconds = np.concatenate(seconds) if seconds else np.zeros(0, np.int64)
+    hours, dows = (seconds // 3600) % 24, (seconds // 86400 + 3) % 7  # 1970-01-01 was a Thursday
+
     results = {"oracle": [], "mostpop": []}
-    for lo in range(0, len(keep), batch_size):
-        batch = keep[lo : lo + batch_size]
-        pre = [prefixes[i] for i in batch]
-        tgt = np.asarray([targets[i] for i in batch])
-        oracle = world.oracle_scores(pre, [hours[i] for i in batch], [dows[i] for i in batch], vocab).astype(np.float64)
+    for lo in range(0, len(prefixes), batch_size):
+        pre = prefixes[lo : lo + batch_size]
+        tgt = np.asarray(targets[lo : lo + batch_size])
+        oracle = world.oracle_scores(pre, hours[lo : lo + batch_size], dows[lo : lo + batch_size], vocab)
+        oracle = oracle.astype(np.float64)
         oracle[:, 0] = -np.inf
         pop = np.broadcast_to(pop_scores, oracle.shape).copy()
         for scores, name in ((oracle, "oracle"), (pop, "mostpop")):
             for i, p in enumerate(pre):
-                seen = vocab.encode(p)
-                scores[i, seen[seen > 0]] = -np.inf
+                seen_tracks = vocab.encode(p)
+                scores[i, seen_tracks[seen_tracks > 0]] = -np.inf
             results[name].append(_ranks(scores, tgt))
-    out: dict[str, float] = {"ceiling_cases": float(len(keep)), "ceiling_catalog_size": float(len(vocab))}
+    out: dict[str, float] = {"ceiling_cases": float(len(prefixes)), "ceiling_catalog_size": float(len(vocab))}
     for name, parts in results.items():
         ranks = np.concatenate(parts) if parts else np.zeros(0)
         out[f"{name}_recall_at_20"] = float(np.mean(ranks <= 20)) if len(ranks) else 0.0
         gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
         out[f"{name}_ndcg_at_10"] = float(np.mean(gains)) if len(ranks) else 0.0
     return out
+
+
+@dataclass
+class _Plays:
+    """A batch of whole users' plays in (user, time) order, as the ceilings read them."""
+
+    track: np.ndarray        # world track index
+    track_ids: pa.ChunkedArray
+    seconds: np.ndarray      # epoch seconds (the generator's times are whole seconds)
+    opens: np.ndarray        # the play opens a session
+    session: np.ndarray      # the batch's session number of the play, from 0
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Plays:
+        users, track_ids = table.column("user_id"), table.column("track_id")
+        # a cast that would drop fractions of a second fails: the sessions' starts are counted per second
+        seconds = pc.cast(table.column("ts"), pa.timestamp("s", tz="UTC")).cast(pa.int64()).to_numpy()
+        opens = np.ones(len(seconds), bool)
+        if len(seconds) > 1:
+            new_user = pc.not_equal(users.slice(1), users.slice(0, len(seconds) - 1)).to_numpy()
+            opens[1:] = new_user | (np.diff(seconds) > SESSION_GAP_S)
+        track = pc.cast(pc.utf8_slice_codeunits(track_ids, 1), pa.int64()).to_numpy()  # "t000042" -> 42
+        return cls(track, track_ids, seconds, opens, np.cumsum(opens) - 1)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """The start of each session of the batch, in epoch seconds."""
+        return self.seconds[self.opens]
+
+
+def _plays_in_batches(events: pd.DataFrame | str | Path, batch_rows: int) -> Iterator[_Plays]:
+    columns = ["user_id", "track_id", "ts"]
+    if isinstance(events, pd.DataFrame):
+        ordered = events.sort_values(["user_id", "ts"], kind="mergesort")[columns]
+        batches = pa.Table.from_pandas(ordered, preserve_index=False).to_batches(max_chunksize=batch_rows)
+    else:
+        batches = pq.ParquetFile(events).iter_batches(batch_size=batch_rows, columns=columns)
+    for table in _whole_users(batches):
+        yield _Plays.of(table)
+
+
+def _whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Record batches of a log sorted by user, regrouped so that no user spans two tables."""
+    carried: pa.Table | None = None
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        if carried is not None:
+            table = pa.concat_tables([carried, table])
+        if not table.num_rows:
+            continue
+        users = table.column("user_id")
+        last_user_from = int(np.argmax(pc.equal(users, users[-1]).to_numpy(zero_copy_only=False)))
+        if last_user_from:
+            yield table.slice(0, last_user_from)
+        carried = table.slice(last_user_from)
+    if carried is not None and carried.num_rows:
+        yield carried
+
+
+@dataclass
+class _EvalPeriod:
+    """The latest `eval_frac` of the sessions by start time, as a stable sort of the starts in
+    file order would take them: every session that starts after `second`, and of those that start
+    in it (`tied`), the last `tied_in_eval`. Found from per-second counts of the starts over the
+    world's time window, so its memory is the window's, not the log's."""
+
+    second: int
+    tied: int
+    tied_in_eval: int
+
+    @classmethod
+    def of(cls, world: SyntheticWorld, batches: Iterable[_Plays], eval_frac: float) -> _EvalPeriod:
+        origin = pd.Timestamp(world.config.start, tz="UTC").value // 10**9
+        counts = np.zeros((world.config.days + 1) * 86400, np.int32)
+        for batch in batches:
+            offsets = batch.starts - origin
+            if len(offsets) and offsets.min() < 0:
+                raise ValueError("the events start before the world's window: they are not this world's")
+            if len(offsets) and offsets.max() >= len(counts):
+                counts = np.concatenate([counts, np.zeros(offsets.max() + 1 - len(counts) + 86400, np.int32)])
+            values, n = np.unique(offsets, return_counts=True)
+            counts[values] += n.astype(np.int32)
+        n_eval = max(1, int(int(counts.sum()) * eval_frac))
+        from_end = np.cumsum(counts[::-1], dtype=np.int64)
+        i = int(np.searchsorted(from_end, n_eval))
+        later = int(from_end[i - 1]) if i else 0
+        return cls(second=origin + len(counts) - 1 - i, tied=int(counts[-1 - i]), tied_in_eval=n_eval - later)
+
+    def mark(self, batches: Iterable[_Plays]) -> Iterator[tuple[_Plays, np.ndarray]]:
+        """Each batch with, per play, whether its session is in the evaluation period."""
+        tied_seen = 0
+        for batch in batches:
+            starts = batch.starts
+            tied = starts == self.second
+            rank_in_tie = tied_seen + np.cumsum(tied) - 1
+            tied_seen += int(tied.sum())
+            session_in_eval = (starts > self.second) | (tied & (rank_in_tie >= self.tied - self.tied_in_eval))
+            yield batch, session_in_eval[batch.session]
 
 
 def _ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

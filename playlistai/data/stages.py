@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from playlistai.data import plots
-from playlistai.data.generate import estimate_ceilings, make_world
+from playlistai.data.generate import SIZES, SyntheticWorld, estimate_ceilings, make_world
 from playlistai.data.ingest import (
     DEFAULT_MAX_ID_LENGTH,
     DEFAULT_TIME_MAX,
@@ -25,7 +26,7 @@ from playlistai.data.ingest import (
     read_events,
 )
 from playlistai.data.layout import DataLayout
-from playlistai.data.ray_engine import HEAD_ROWS, parse_engine
+from playlistai.data.ray_engine import HEAD_ROWS, ROW_GROUP_ROWS, ParquetStream, parse_engine
 from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
 from playlistai.data.splits import SplitResult, make_splits, unknown_share
@@ -43,7 +44,8 @@ class SourceParams(StageParams):
 
     source: str = param("synthetic", "'synthetic' or the path of a log file")
     format: str = param("auto", "auto | csv | tsv | parquet | lastfm1k (CSV and TSV may be .gz)")
-    size: str = param("default", "synthetic size: tiny | default | large")
+    size: str = param("default", f"synthetic size: {' | '.join(SIZES)} (xlarge: 1M tracks, ~54M plays; about "
+                      "20 min of one core and 1.4 GB of memory)")
     seed: int = param(42, minimum=0)
     # not Settings-backed: "" is DATA_DIR for the synthetic data but a folder of its own for a file
     data_dir: str = param("", "defaults to DATA_DIR, or data/<file name> for a log file")
@@ -111,13 +113,55 @@ def _log_figure(fig, name: str) -> None:
     plots.close(fig)
 
 
+class EventTally:
+    """The statistics of a log (`stats`) that arrives in chunks of whole users: the users of the
+    chunks add up, and tracks and artists are tallied in tables the size of the catalog, never of
+    the log."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.events = 0
+        self.track_plays: Counter[str] = Counter()
+        self.artists: set[str] = set()
+
+    def add(self, chunk: pd.DataFrame) -> EventTally:
+        self.users += int(chunk["user_id"].nunique())
+        self.events += len(chunk)
+        self.track_plays.update(chunk["track_id"].value_counts().to_dict())
+        self.artists.update(chunk["artist_id"].dropna().unique())
+        return self
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "users": float(self.users),
+            "tracks": float(len(self.track_plays)),
+            "artists": float(len(self.artists)),
+            "events": float(self.events),
+        }
+
+    def track_counts(self) -> np.ndarray:
+        """Plays per track, one value a track (for the popularity figure)."""
+        return np.fromiter(self.track_plays.values(), np.int64, len(self.track_plays))
+
+
 def event_stats(events: pd.DataFrame) -> dict[str, float]:
-    return {
-        "users": float(events["user_id"].nunique()),
-        "tracks": float(events["track_id"].nunique()),
-        "artists": float(events["artist_id"].nunique()),
-        "events": float(len(events)),
-    }
+    return EventTally().add(events).stats()
+
+
+def write_synthetic_events(world: SyntheticWorld, path: Path) -> tuple[EventTally, pd.DataFrame]:
+    """Draw the world's log in chunks of whole users and write each chunk as it is done: memory
+    holds a chunk and a row group, not the log (xlarge has 54M plays). `ParquetStream` writes the
+    file `to_parquet` writes of the whole log, byte for byte, so one Parquet file with the same
+    row groups is what both engines of `preprocess` read. Returns the log's tally and first rows."""
+    # the generator's columns all have pandas dtypes, so the stream never asks about untyped ones
+    stream = ParquetStream(path, has_values=lambda columns: {})
+    tally = EventTally()
+    for chunk in world.generate_chunks(chunk_rows=ROW_GROUP_ROWS // 4):
+        validate_events(chunk)
+        tally.add(chunk)
+        stream.write(chunk)
+    stream.close(empty_like=chunk.head(0))
+    return tally, stream.head
 
 
 def run_data(
@@ -141,32 +185,35 @@ def run_data(
     limits = None
     if source == "synthetic":
         world = make_world(size, seed)
-        events = world.generate()
     else:
         limits = Limits.parse(time_min, time_max, max_id_length)
         events = read_events(source, fmt=fmt, time_unit=time_unit, limits=limits, **(columns or {}))
-    validate_events(events)
-    gen_seconds = time.perf_counter() - t0
-
-    metrics = {**event_stats(events), "stage_seconds_read": gen_seconds}
-    if world is not None:
-        ceilings = estimate_ceilings(world, events, min_freq=vocab_min_freq, seed=seed)
-        metrics.update(ceilings)
-        metrics["world_tracks"] = float(world.n_tracks)
+        validate_events(events)
 
     # write the raw directory as one unit: events and (for synthetic data) the world that made them
     with atomic_dir(layout.raw_dir) as tmp:
-        write_parquet(events, tmp / layout.events.name)
+        events_path = tmp / layout.events.name
+        if world is None:
+            read_seconds = time.perf_counter() - t0
+            write_parquet(events, events_path)
+            tally, head = EventTally().add(events), events.head(HEAD_ROWS)
+        else:
+            tally, head = write_synthetic_events(world, events_path)
+            read_seconds = time.perf_counter() - t0
+        metrics = {**tally.stats(), "stage_seconds_read": read_seconds}
         if world is not None:
+            # from the file just written, in batches: the synthetic log is never whole in memory
+            metrics.update(estimate_ceilings(world, events_path, min_freq=vocab_min_freq, seed=seed))
+            metrics["world_tracks"] = float(world.n_tracks)
             world.save(tmp / layout.world_dir.name)
         write_json({"source": str(source), "size": size, "seed": seed, "format": fmt,
                     **(limits.as_dict() if limits else {}), **metrics}, tmp / "data_meta.json")
     metrics["stage_seconds"] = time.perf_counter() - t0
 
     mlflow.log_metrics(metrics)
-    _log_dataset(events, layout.events, "events", "raw")
-    counts = events["track_id"].value_counts().to_numpy()
-    _log_figure(plots.dataset_figure(counts, None, f"events: {source} {size if world else ''}"), "plots/popularity.png")
+    _log_dataset(head, layout.events, "events", "raw")
+    _log_figure(plots.dataset_figure(tally.track_counts(), None, f"events: {source} {size if world else ''}"),
+                "plots/popularity.png")
     mlflow.log_artifact(str(layout.raw_dir / "data_meta.json"))
     return metrics
 
@@ -283,15 +330,16 @@ def ensure_synthetic_dataset(data_dir: str | Path, size: str, seed: int = 42) ->
     """data -> preprocess -> splits on synthetic data unless `data_dir` already has splits.
 
     For benchmarks and fixtures; each stage logs to its own run in the current MLflow store. The
-    `large` preset exists to measure scale, so every track played in its training period gets an
-    index (a catalog of over 200k tracks) instead of only those played VOCAB_MIN_FREQ times.
+    `large` and `xlarge` presets exist to measure scale, so every track played in their training
+    period gets an index (a catalog of over 200k, or 1M, tracks) instead of only those played
+    VOCAB_MIN_FREQ times.
     Returns True when it built the data.
     """
     from playlistai.tracking import stage_run
 
     if DataLayout.of(data_dir).vocab.exists():
         return False
-    vocab_min_freq = 1 if size == "large" else 5
+    vocab_min_freq = 1 if size in ("large", "xlarge") else 5
     with stage_run("data", {"size": size, "seed": seed}):
         run_data(data_dir, size=size, seed=seed, vocab_min_freq=vocab_min_freq)
     with stage_run("preprocess", {}):
