@@ -381,6 +381,14 @@ def paired_comparisons(
     return comparisons
 
 
+def beats_every_baseline(model: str, comparisons: Sequence[Mapping], baselines: set[str]) -> dict[str, bool | None]:
+    """Per primary metric: whether `model` beats each baseline outside the paired interval; None
+    without baselines. The other models it was compared with are not baselines."""
+    against = [c for c in comparisons if c["a"] == model and c["b"] in baselines]
+    return {m: all(c["significant"] and c["mean_diff"] > 0 for c in against if c["metric"] == m) if against else None
+            for m in PRIMARY}
+
+
 def compute_evaluation(
     params: EvaluateParams, *, oracle: bool = True, extra_scorers: Mapping[str, object] | None = None
 ) -> EvaluationReport:
@@ -445,14 +453,11 @@ def compute_evaluation(
                 row.metrics = with_oracle_ratios(row.metrics, oracle_metrics)
 
     comparisons = paired_comparisons(list(models), rows, evaluations, cases, params)
+    baselines = {row.name for row in rows if row.kind == "baseline"}
     for row in rows:
         if row.kind == "model":
             row.goals = R.goal_checks(row.metrics)
-            beaten = [c for c in comparisons if c["a"] == row.name]
-            row.beats_every_baseline = {
-                m: all(c["significant"] and c["mean_diff"] > 0 for c in beaten if c["metric"] == m) if beaten else None
-                for m in PRIMARY
-            }
+            row.beats_every_baseline = beats_every_baseline(row.name, comparisons, baselines)
 
     first = next(iter(evaluations.values()))
     return EvaluationReport(

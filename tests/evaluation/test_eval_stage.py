@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 from entrypoints.evaluate import app
 from playlistai.data.sequences import load_vocab
 from playlistai.evaluation.bootstrap import paired_bootstrap
-from playlistai.evaluation.stage import EvaluateParams, LeakageError, check_split, compute_evaluation
+from playlistai.evaluation.stage import (
+    EvaluateParams,
+    LeakageError,
+    beats_every_baseline,
+    check_split,
+    compute_evaluation,
+)
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
 from playlistai.tracking import configure_mlflow, stage_run
@@ -166,3 +172,22 @@ def test_a_single_model_run_carries_the_model_keys_on_the_parent(tiny_data_dir, 
     for key in DESIGN_KEYS:
         assert f"test_{key}" in parent.data.metrics and f"test_{key}_with_repeats" in parent.data.metrics
     assert "test_recall_at_20_oracle_ratio" in parent.data.metrics
+
+
+def _comparison(a, b, metric, diff, significant=True):
+    return {"a": a, "b": b, "metric": metric, "mean_diff": diff, "significant": significant}
+
+
+def test_beats_every_baseline_ignores_the_other_models():
+    comparisons = [_comparison("sasrec", "sknn", m, 0.03) for m in ("recall_at_20", "ndcg_at_10", "mrr_at_20")]
+    # losing to the other model by a significant margin is not losing to a baseline
+    comparisons += [_comparison("sasrec", "gru4rec", m, -0.001) for m in ("recall_at_20", "ndcg_at_10", "mrr_at_20")]
+    comparisons += [_comparison("sasrec", "transitions", "recall_at_20", 0.2),
+                    _comparison("sasrec", "transitions", "ndcg_at_10", 0.01, significant=False),
+                    _comparison("sasrec", "transitions", "mrr_at_20", -0.02)]
+    assert beats_every_baseline("sasrec", comparisons, {"sknn", "transitions"}) == {
+        "recall_at_20": True, "ndcg_at_10": False, "mrr_at_20": False}
+    assert beats_every_baseline("sasrec", comparisons[:6], {"sknn"}) == {
+        "recall_at_20": True, "ndcg_at_10": True, "mrr_at_20": True}
+    assert beats_every_baseline("sasrec", comparisons, set()) == {
+        "recall_at_20": None, "ndcg_at_10": None, "mrr_at_20": None}
