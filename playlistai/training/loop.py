@@ -31,7 +31,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from playlistai.data.sequences import EncodedSessions, NextTrackCases, SequenceDataset
-from playlistai.evaluation.evaluator import evaluate_next_track
+from playlistai.evaluation.evaluator import evaluate_next_track, rows_per_score_batch
 from playlistai.models import SequenceRecommender
 from playlistai.models.base import trim_left_padding
 from playlistai.training.losses import LOSSES, make_loss
@@ -66,7 +66,7 @@ class TrainConfig:
     val_max_cases: int = 5000        # per-epoch validation on a fixed random subset; 0 = all cases
     val_exclude_seen: bool = True    # validate as the evaluation will rank: without (true) or with repeats
     fit_repeat_bonus: bool = True    # with repeats allowed, fit the model's repeat bonus at every validation
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512          # at most; fewer on a large catalog (rows_per_score_batch)
     progress: bool = True            # tqdm bar per epoch (rank 0 only)
 
     def validate(self) -> None:
@@ -122,12 +122,16 @@ class TrainConfig:
 
 @dataclass
 class TrainWindows:
-    """All training windows as [N, L] tensors: indexing a batch beats a DataLoader's per-row Python."""
+    """All training windows as [N, L] tensors: indexing a batch beats a DataLoader's per-row Python.
 
-    input_ids: torch.Tensor
-    target_ids: torch.Tensor
-    hours: torch.Tensor
-    dows: torch.Tensor
+    Held in the narrowest types that fit (track ids int32, hours and weekdays int8: 10 bytes per step
+    instead of 32) and widened to int64 one batch at a time (`batch`), because every worker holds
+    every window for the whole run."""
+
+    input_ids: torch.Tensor          # [N, L] int32
+    target_ids: torch.Tensor         # [N, L] int32
+    hours: torch.Tensor              # [N, L] int8
+    dows: torch.Tensor               # [N, L] int8
     lengths: np.ndarray              # real (non-PAD) steps per window, for length bucketing
 
     @classmethod
@@ -135,16 +139,32 @@ class TrainWindows:
         ds = SequenceDataset(sessions, max_seq_len)
         if len(ds) == 0:
             raise ValueError("no training windows: every training session has fewer than 2 known tracks")
-        rows = [ds[i] for i in range(len(ds))]
-        stack = lambda key: torch.stack([r[key] for r in rows])  # noqa: E731
-        input_ids = stack("input_ids")
+        # filled in place: stacking one small tensor per window (SequenceDataset's rows) held every
+        # window twice over, as millions of Python objects, on a catalog like `large`
+        n, width = len(ds), max_seq_len
+        input_ids, target_ids = np.zeros((n, width), np.int32), np.zeros((n, width), np.int32)
+        hours, dows = np.zeros((n, width), np.int8), np.zeros((n, width), np.int8)
+        for row, (s, start, end) in enumerate(ds.windows):
+            first = width - (end - 1 - start)        # left padding: the newest step is the last column
+            items = sessions.items[s]
+            input_ids[row, first:] = items[start : end - 1]
+            target_ids[row, first:] = items[start + 1 : end]
+            hours[row, first:] = sessions.hours[s][start + 1 : end]
+            dows[row, first:] = sessions.dows[s][start + 1 : end]
         return cls(
-            input_ids=input_ids,
-            target_ids=stack("target_ids"),
-            hours=stack("hours"),
-            dows=stack("dows"),
-            lengths=(input_ids != 0).sum(dim=1).numpy(),
+            input_ids=torch.from_numpy(input_ids),
+            target_ids=torch.from_numpy(target_ids),
+            hours=torch.from_numpy(hours),
+            dows=torch.from_numpy(dows),
+            lengths=(input_ids != 0).sum(axis=1),
         )
+
+    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, target_ids, hours, dows) of these windows, as int64, trimmed of the leading
+        columns that are padding in every row."""
+        input_ids = self.input_ids[rows].long()
+        return trim_left_padding(input_ids, self.target_ids[rows].long(), self.hours[rows].long(),
+                                 self.dows[rows].long(), ids=input_ids)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -223,7 +243,7 @@ def validate(
         return _validate_fitting_repeat_bonus(model, shard, keys, config, world_size)
     if len(shard):
         metrics = evaluate_next_track(
-            model, shard, ks=VAL_KS, exclude_seen=config.val_exclude_seen, batch_size=config.eval_batch_size
+            model, shard, ks=VAL_KS, exclude_seen=config.val_exclude_seen, batch_size=_eval_rows(model, config)
         )
         sums = [metrics[k] * len(shard) for k in keys]
     else:
@@ -233,10 +253,14 @@ def validate(
     return {f"val_{k}": totals[i] / n for i, k in enumerate(keys)}
 
 
+def _eval_rows(model: SequenceRecommender, config: TrainConfig) -> int:
+    return rows_per_score_batch(model.config.vocab_size, config.eval_batch_size)
+
+
 def _validate_fitting_repeat_bonus(
     model: SequenceRecommender, shard: NextTrackCases, keys: list[str], config: TrainConfig, world_size: int
 ) -> dict[str, float]:
-    evidence = collect_evidence(model, shard, max(VAL_KS), config.eval_batch_size) if len(shard) else None
+    evidence = collect_evidence(model, shard, max(VAL_KS), _eval_rows(model, config)) if len(shard) else None
     fitted = fit_terms(evidence, keys, VAL_KS, EARLY_STOP_METRIC.removeprefix("val_"),
                        reduce=lambda values: _all_reduce(values, world_size))
     model.repeat_bonus.fill_(fitted.bonus)
@@ -501,11 +525,7 @@ def _train_epoch(
     t0 = time.perf_counter()
     loss_sum, targets = 0.0, 0
     for idx in bar:
-        idx_t = torch.from_numpy(idx)
-        input_ids, target_ids, hours, dows = trim_left_padding(
-            train.input_ids[idx_t], train.target_ids[idx_t], train.hours[idx_t], train.dows[idx_t],
-            ids=train.input_ids[idx_t],
-        )
+        input_ids, target_ids, hours, dows = train.batch(torch.from_numpy(idx))
         input_ids, target_ids, hours, dows = (t.to(device) for t in (input_ids, target_ids, hours, dows))
         with autocast:
             loss = step_module(input_ids, target_ids, hours, dows)
