@@ -43,6 +43,14 @@ DESIGN_MRR_K = 20
 COVERAGE_K = 100
 SLATE_K = 20            # repetition, artist diversity, popularity bias, continuation recall
 CURVE_MAX_K = 100       # recall/nDCG curves in the report
+SCORE_CELLS = 1 << 25   # scores (cases x catalog) held at once where memory is bounded: 128 MB as float32
+
+
+def rows_per_score_batch(catalog_size: int, most: int = 512) -> int:
+    """Cases per scoring batch so that a batch's scores stay within SCORE_CELLS: `most` on a small
+    catalog, fewer on a large one (143 at 234k tracks), where one batch of 512 and its temporaries
+    took 1.5 GB."""
+    return max(1, min(most, SCORE_CELLS // max(1, catalog_size)))
 
 
 # -- scoring one batch -----------------------------------------------------------------------------

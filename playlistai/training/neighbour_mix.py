@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from playlistai.data.sequences import encode_sessions, load_split, next_track_cases
+from playlistai.evaluation.evaluator import rows_per_score_batch
 from playlistai.models.checkpoint import load_checkpoint, save_checkpoint
 from playlistai.models.neighbours import SessionNeighbours
 from playlistai.training.loop import EARLY_STOP_METRIC, VAL_KS, validation_subset
@@ -27,7 +28,6 @@ from playlistai.training.score_terms import (
 
 FIT_CASES = 20_000            # validation cases the weight is fitted on
 MAX_SESSIONS = 1_000_000      # the most recent training sessions kept as neighbours (memory bound)
-SCORE_CELLS = 1 << 25         # scores held at once while collecting evidence (cases x catalog)
 KEYS = [f"{m}_at_{k}" for m in ("recall", "ndcg", "mrr") for k in VAL_KS]
 
 
@@ -84,7 +84,7 @@ def mix_neighbours(
     metric = EARLY_STOP_METRIC.removeprefix("val_")
     if not len(val):
         return NeighbourMix(False, 0.0, 0.0, bonus, {}, {}, 0, len(train), time.perf_counter() - t0)
-    batch = max(1, min(512, SCORE_CELLS // vocab.size))
+    batch = rows_per_score_batch(vocab.size)
     evidence = collect_evidence(model, val, max(VAL_KS), batch, neighbours=neighbours, exclude_seen=exclude_seen)
     n = len(evidence)
     before = {k: v / n for k, v in zip(KEYS, evidence.metric_sums(KEYS, VAL_KS, bonus, 0.0), strict=True)}
