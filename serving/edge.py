@@ -31,11 +31,17 @@ limit on header size at all: a 64 MB header was read to its end. So:
 SHUTDOWN_DRAIN_S, then stops accepting, lets the accepted requests finish for up to
 SHUTDOWN_GRACE_S, and exits. A second SIGTERM, SIGINT or SIGQUIT ends the drain at once. It also
 freezes the garbage collector's view of the heap after each model load (serving/lifecycle.py).
+Alone (`python -m serving`) it ends by raising the signal it caught again, as uvicorn does, so that
+its exit status names the signal. Under gunicorn a drained worker exits 0 instead: gunicorn's master
+logs a worker killed by a signal from inside its SIGCHLD handler, and two workers ending together
+can make that log line re-enter a write to stderr, a RuntimeError that ends the master with status 1
+in the middle of its own graceful shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -390,10 +396,12 @@ class EdgeProtocol(H11Protocol):
 class EdgeServer(Server):
     """uvicorn's server; SIGTERM drains first (see the module's docstring)."""
 
-    def __init__(self, config: Config, limits: EdgeLimits | None = None, freeze_gc: bool = True) -> None:
+    def __init__(self, config: Config, limits: EdgeLimits | None = None, freeze_gc: bool = True,
+                 raise_caught_signals: bool = True) -> None:
         super().__init__(config)
         self.limits = limits or getattr(config, "edge_limits", None) or edge_limits()
         self.freeze_gc = freeze_gc
+        self.raise_caught_signals = raise_caught_signals
         self.drain_until: float | None = None
         self._drain_logged = False
 
@@ -401,6 +409,15 @@ class EdgeServer(Server):
         LIFECYCLE.reset()
         LIFECYCLE.freeze_gc = self.freeze_gc
         await super().startup(sockets=sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                if not self.raise_caught_signals:
+                    self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # a signal handler: set flags only (no logging, no locks)
@@ -451,7 +468,7 @@ class EdgeWorker(UvicornWorker):
         from gunicorn.arbiter import Arbiter
 
         self.config.app = self.wsgi
-        server = EdgeServer(config=self.config, limits=self.limits)
+        server = EdgeServer(config=self.config, limits=self.limits, raise_caught_signals=False)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

@@ -140,6 +140,7 @@ def _run(ws, result: ScenarioResult) -> None:
     result.check("requests were still answered during the drain", bool(answered_after),
                  f"{len(answered_after)} answered after the signal")
     result.check(f"the master exited by itself with status 0 within {DRAIN_S + GRACE_S + 5:g} s",
-                 returncode == 0 and exit_s <= DRAIN_S + GRACE_S + 5, f"status {returncode} after {exit_s:.1f} s")
+                 returncode == 0 and exit_s <= DRAIN_S + GRACE_S + 5, f"status {returncode} after {exit_s:.1f} s"
+                 + ("" if returncode == 0 else "; gunicorn's log ends: " + log[-1500:]))
     result.check("each worker logged its drain", log.count("SIGTERM: /readyz answers 503") >= api.workers,
                  f"{log.count('SIGTERM: /readyz answers 503')} of {api.workers} workers")
