@@ -54,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from playlistai.data.parquet_io import whole_groups
 from playlistai.data.vocab import Vocabulary
 
 SIZES = ("tiny", "default", "large", "xlarge")
@@ -569,26 +570,8 @@ def _plays_in_batches(events: pd.DataFrame | str | Path, batch_rows: int) -> Ite
         batches = pa.Table.from_pandas(ordered, preserve_index=False).to_batches(max_chunksize=batch_rows)
     else:
         batches = pq.ParquetFile(events).iter_batches(batch_size=batch_rows, columns=columns)
-    for table in _whole_users(batches):
+    for table in whole_groups(batches, "user_id"):
         yield _Plays.of(table)
-
-
-def _whole_users(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-    """Record batches of a log sorted by user, regrouped so that no user spans two tables."""
-    carried: pa.Table | None = None
-    for batch in batches:
-        table = pa.Table.from_batches([batch])
-        if carried is not None:
-            table = pa.concat_tables([carried, table])
-        if not table.num_rows:
-            continue
-        users = table.column("user_id")
-        last_user_from = int(np.argmax(pc.equal(users, users[-1]).to_numpy(zero_copy_only=False)))
-        if last_user_from:
-            yield table.slice(0, last_user_from)
-        carried = table.slice(last_user_from)
-    if carried is not None and carried.num_rows:
-        yield carried
 
 
 @dataclass

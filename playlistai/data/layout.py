@@ -4,6 +4,8 @@
     data_dir/raw/world/                  synthetic only: the generator's truth, for the oracle
     data_dir/processed/sessions.parquet  stage `preprocess`: sessionized events
     data_dir/splits/{train,val,test}.parquet, vocab.parquet   stage `splits`
+    data_dir/windows/<data hash>-L<n>/  stage `train`: the train split's windows, built once per data
+                                         version and window length (playlistai/training/windows.py)
 
 The stages write these paths with the atomic writes of `playlistai/files.py`, so a failing stage
 never leaves a half-written file where the next stage would read it.
@@ -58,6 +60,15 @@ class DataLayout:
     @property
     def vocab(self) -> Path:
         return self.splits_dir / "vocab.parquet"
+
+    @property
+    def split_files(self) -> list[Path]:
+        """What training reads: the three splits and the vocabulary (their hash is the data version)."""
+        return [self.split(s) for s in SPLITS] + [self.vocab]
+
+    @property
+    def windows_dir(self) -> Path:
+        return self.root / "windows"
 
     @property
     def splits_meta(self) -> Path:

@@ -30,13 +30,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from playlistai.data.sequences import EncodedSessions, NextTrackCases, SequenceDataset
+from playlistai.data.sequences import NextTrackCases
 from playlistai.evaluation.evaluator import evaluate_next_track, rows_per_score_batch
 from playlistai.models import SequenceRecommender
-from playlistai.models.base import trim_left_padding
 from playlistai.training.losses import LOSSES, make_loss
 from playlistai.training.precision import PRECISIONS, autocast_dtype
 from playlistai.training.score_terms import collect_evidence, fit_terms
+from playlistai.training.windows import TrainWindows
 
 EARLY_STOP_METRIC = "val_ndcg_at_10"
 STOP_REASONS = ("early_stopping", "max_minutes", "epochs")
@@ -118,60 +118,6 @@ class TrainConfig:
 
 
 # -- data ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainWindows:
-    """All training windows as [N, L] tensors: indexing a batch beats a DataLoader's per-row Python.
-
-    Held in the narrowest types that fit (track ids int32, hours and weekdays int8: 10 bytes per step
-    instead of 32) and widened to int64 one batch at a time (`batch`), because every worker holds
-    every window for the whole run."""
-
-    input_ids: torch.Tensor          # [N, L] int32
-    target_ids: torch.Tensor         # [N, L] int32
-    hours: torch.Tensor              # [N, L] int8
-    dows: torch.Tensor               # [N, L] int8
-    lengths: np.ndarray              # real (non-PAD) steps per window, for length bucketing
-
-    @classmethod
-    def from_sessions(cls, sessions: EncodedSessions, max_seq_len: int) -> TrainWindows:
-        ds = SequenceDataset(sessions, max_seq_len)
-        if len(ds) == 0:
-            raise ValueError("no training windows: every training session has fewer than 2 known tracks")
-        # filled in place: stacking one small tensor per window (SequenceDataset's rows) held every
-        # window twice over, as millions of Python objects, on a catalog like `large`
-        n, width = len(ds), max_seq_len
-        input_ids, target_ids = np.zeros((n, width), np.int32), np.zeros((n, width), np.int32)
-        hours, dows = np.zeros((n, width), np.int8), np.zeros((n, width), np.int8)
-        for row, (s, start, end) in enumerate(ds.windows):
-            first = width - (end - 1 - start)        # left padding: the newest step is the last column
-            items = sessions.items[s]
-            input_ids[row, first:] = items[start : end - 1]
-            target_ids[row, first:] = items[start + 1 : end]
-            hours[row, first:] = sessions.hours[s][start + 1 : end]
-            dows[row, first:] = sessions.dows[s][start + 1 : end]
-        return cls(
-            input_ids=torch.from_numpy(input_ids),
-            target_ids=torch.from_numpy(target_ids),
-            hours=torch.from_numpy(hours),
-            dows=torch.from_numpy(dows),
-            lengths=(input_ids != 0).sum(axis=1),
-        )
-
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input_ids, target_ids, hours, dows) of these windows, as int64, trimmed of the leading
-        columns that are padding in every row."""
-        input_ids = self.input_ids[rows].long()
-        return trim_left_padding(input_ids, self.target_ids[rows].long(), self.hours[rows].long(),
-                                 self.dows[rows].long(), ids=input_ids)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def num_targets(self) -> int:
-        return int((self.target_ids != 0).sum())
 
 
 def epoch_batches(
@@ -525,7 +471,7 @@ def _train_epoch(
     t0 = time.perf_counter()
     loss_sum, targets = 0.0, 0
     for idx in bar:
-        input_ids, target_ids, hours, dows = train.batch(torch.from_numpy(idx))
+        input_ids, target_ids, hours, dows = train.batch(idx)
         input_ids, target_ids, hours, dows = (t.to(device) for t in (input_ids, target_ids, hours, dows))
         with autocast:
             loss = step_module(input_ids, target_ids, hours, dows)

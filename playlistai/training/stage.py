@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 
 from playlistai.config import Settings, get_settings
-from playlistai.data.layout import SPLITS, DataLayout
+from playlistai.data.layout import DataLayout
 from playlistai.data.sequences import load_vocab
 from playlistai.models import ModelConfig
 from playlistai.params import StageParams, in_mlproject, param
@@ -25,6 +25,7 @@ from playlistai.tracking import close_if_abandoned, files_hash
 from playlistai.training.curves import plot_training_curves
 from playlistai.training.loop import TrainConfig
 from playlistai.training.neighbour_mix import NeighbourMix, mix_neighbours
+from playlistai.training.windows import window_file
 from playlistai.training.worker import BEST_DIR, find_state_dirs, peak_rss_mb, train_worker
 
 TRAINERS = ("ray", "local")
@@ -126,16 +127,11 @@ class TrainParams(StageParams):
         if problems:
             raise ValueError("; ".join(problems))
         layout = DataLayout.of(self.data_dir)
-        for path in [layout.split(s) for s in SPLITS] + [layout.vocab]:
+        for path in layout.split_files:
             layout.require(path, "splits")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def data_files(data_dir: str | Path) -> list[Path]:
-    layout = DataLayout.of(data_dir)
-    return [layout.split(s) for s in SPLITS] + [layout.vocab]
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -230,7 +226,7 @@ def plan_training(
     resume_dir = resolve_resume(params.resume_from) if params.resume_from else None
     vocab = load_vocab(data_dir)
     model_config = params.model_config(vocab.size)
-    data_hash = files_hash(data_files(data_dir))
+    data_hash = files_hash(DataLayout.of(data_dir).split_files)
     logged = {f.name: getattr(params, f.name) for f in fields(params) if in_mlproject(f)}
     logged.update(log_params or {})
     return TrainPlan(
@@ -265,10 +261,12 @@ def run_train_stage(plan: TrainPlan) -> TrainOutcome:
         # the run resumed here was usually killed: if nothing ended it, it would stay RUNNING
         mlflow.set_tag("resumed_from_run", resumed_run)
         close_if_abandoned(mlflow.MlflowClient(), resumed_run, f"training run {run_id} resumed it")
+    windows_dir = window_file(data_dir, model_config.max_seq_len, data_hash)
     worker_cfg = {
         "model_config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
         "data_dir": str(data_dir),
+        "windows_dir": str(windows_dir),
         "run_id": run_id,
         "tracking_uri": absolute_tracking_uri(mlflow.get_tracking_uri()),
         "resume_from": str(resume_dir) if resume_dir else None,

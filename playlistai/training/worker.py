@@ -5,6 +5,7 @@ from `ray.train.get_context()`. Its argument is a plain dict (it crosses process
 
     model_config, train_config   ModelConfig / TrainConfig as dicts
     data_dir                     absolute path of the data directory (each worker reads it itself)
+    windows_dir                  the train split's window file (training/windows.py), memory-mapped
     run_id, tracking_uri         the MLflow run rank 0 logs per-epoch metrics into (absolute URI:
                                  Ray workers run in another working directory)
     state_dir                    local trainer: where each epoch's state directory goes
@@ -49,9 +50,10 @@ from playlistai.data.vocab import Vocabulary
 from playlistai.files import atomic_dir
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
-from playlistai.training.loop import TrainConfig, TrainWindows, fit, seed_everything
+from playlistai.training.loop import TrainConfig, fit, seed_everything
 from playlistai.training.losses import resolve_loss
 from playlistai.training.precision import autocast_dtype
+from playlistai.training.windows import TrainWindows, window_file
 
 STATE_FILE = "train_state.pt"
 META_FILE = "meta.json"
@@ -66,9 +68,11 @@ class TrainingData:
     val: NextTrackCases
 
 
-def load_training_data(data_dir: str | Path, max_seq_len: int) -> TrainingData:
+def load_training_data(data_dir: str | Path, max_seq_len: int, windows_dir: str | Path | None = None) -> TrainingData:
+    """The vocabulary, the training windows (memory-mapped from `windows_dir`, the window file the
+    training stage wrote; found or written here when not given) and the validation cases."""
     vocab = load_vocab(data_dir)
-    train = TrainWindows.from_sessions(encode_sessions(load_split(data_dir, "train"), vocab), max_seq_len)
+    train = TrainWindows.open(windows_dir or window_file(data_dir, max_seq_len))
     val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), max_seq_len)
     if len(val) == 0:
         raise ValueError(f"{data_dir}: the validation split has no next-track case; early stopping needs one")
@@ -234,7 +238,7 @@ def train_worker(cfg: dict) -> dict:
     train_config = TrainConfig.from_dict(cfg["train_config"])
     extra = dict(cfg.get("extra") or {})
 
-    data = load_training_data(cfg["data_dir"], model_config.max_seq_len)
+    data = load_training_data(cfg["data_dir"], model_config.max_seq_len, cfg.get("windows_dir"))
     if data.vocab.size != model_config.vocab_size:
         raise ValueError(
             f"the vocabulary in {cfg['data_dir']} has {data.vocab.size} rows, the model config {model_config.vocab_size}"

@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from playlistai.data.sequences import SequenceDataset, encode_sessions, load_split, load_vocab
 from playlistai.models import build_model
-from playlistai.models.base import trim_left_padding
-from playlistai.training.loop import TrainConfig, TrainWindows, epoch_batches, fit, seed_everything
+from playlistai.training.loop import TrainConfig, epoch_batches, fit, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,25 +31,6 @@ def test_epoch_batches_shard_evenly_and_cover_every_window():
     assert all(len(b) <= 32 for s in shards for b in s)     # the global batch is split
     assert set(np.concatenate([np.concatenate(s) for s in shards]).tolist()) == set(range(1001))
     assert [b.tolist() for b in one] != [b.tolist() for b in epoch_batches(lengths, 64, epoch=2, seed=0)]
-
-
-@pytest.mark.parametrize("max_seq_len", [3, 20])
-def test_train_windows_hold_exactly_the_datasets_windows_in_narrow_types(tiny_data_dir, max_seq_len):
-    sessions = encode_sessions(load_split(tiny_data_dir, "train"), load_vocab(tiny_data_dir))
-    windows = TrainWindows.from_sessions(sessions, max_seq_len)
-    dataset = SequenceDataset(sessions, max_seq_len)
-    assert len(windows) == len(dataset)
-    if max_seq_len == 3:
-        assert len(dataset) > len(sessions)                 # long sessions cut into several windows
-    assert (windows.input_ids.dtype, windows.hours.dtype) == (torch.int32, torch.int8)
-    expected = {key: torch.stack([dataset[i][key] for i in range(len(dataset))])
-                for key in ("input_ids", "target_ids", "hours", "dows")}
-    rows = torch.arange(len(dataset))
-    got = windows.batch(rows)
-    want = trim_left_padding(*expected.values(), ids=expected["input_ids"])
-    for g, w in zip(got, want, strict=True):
-        assert g.dtype == torch.int64 and torch.equal(g, w)
-    assert windows.lengths.tolist() == (expected["input_ids"] != 0).sum(dim=1).tolist()
 
 
 def test_training_is_deterministic_under_a_seed(tiny_training_data, run_fit, small_train_config):
