@@ -2,11 +2,14 @@
 
     python bench/bench_train.py [--datasets default,diginetica,large] [--old-ref <git ref>]
                                 [--models sasrec] [--workers 2] [--targets default=60000,...]
+                                [--epoch-windows N]
 
 Per dataset the benchmark trains one epoch of each model with the *product defaults* of each code
 version (the `train` stage, trainer=ray, `--workers` Ray Train workers on one local Ray) on a
 sample of the training sessions, so that the old code's full softmax on a large catalog finishes
 in minutes: the catalog (the vocabulary), and so the cost per target, is the dataset's own.
+`--targets large=0` trains on the whole training split instead, and `--epoch-windows` caps the
+windows of the epoch: how a worker's memory grows with the training data, at a bounded cost.
 
 - `default`, `large`: the synthetic presets, built under --data-root when absent.
 - `diginetica`: the splits `make realdata-prepare` writes (--diginetica-dir).
@@ -48,7 +51,7 @@ args = json.loads(sys.argv[1])
 settings = get_settings()
 params = TrainParams.from_settings(settings, model=args["model"], epochs=1, patience=0, trainer="ray",
     num_workers=args["workers"], data_dir=args["data_dir"], storage_path=args["storage"], progress=False,
-    val_max_cases=200)
+    val_max_cases=200, epoch_windows=args["epoch_windows"])
 if hasattr(S, "plan_training"):   # the caller opens the run; older code opened it in run_train_stage
     from playlistai.tracking import stage_run
     plan = S.plan_training(params, settings=settings)
@@ -59,6 +62,7 @@ else:
 s = out.summary
 print("BENCH " + json.dumps({"events_per_second": s["history"][0]["train_events_per_second"],
     "train_seconds": s["history"][0]["train_seconds"], "targets": s["train_targets"],
+    "windows": s["train_windows"],
     "peak_rss_mb_worker": s["peak_rss_mb"], "loss": s.get("loss", params.loss),
     "precision": s.get("precision", "fp32"), "d_model": params.d_model, "wall_seconds": out.wall_seconds}))
 """
@@ -82,7 +86,8 @@ def ensure_dataset(name: str, data_root: Path, diginetica_dir: Path) -> Path:
 
 def sample_splits(source: Path, target: Path, train_targets: int, seed: int = 0) -> dict:
     """A copy of `source`'s splits whose training split is a random sample of whole sessions with
-    about `train_targets` next-track targets (and a small validation split); same vocabulary."""
+    about `train_targets` next-track targets (0: the whole split), and a small validation split;
+    same vocabulary."""
     import numpy as np
     import pandas as pd
 
@@ -93,16 +98,21 @@ def sample_splits(source: Path, target: Path, train_targets: int, seed: int = 0)
     shutil.copy(src.vocab, dst.vocab)
     shutil.copy(src.split("test"), dst.split("test"))
     rng = np.random.default_rng(seed)
-    train = pd.read_parquet(src.split("train"))
-    per_session = train.groupby("session_id")["is_target"].sum()
-    order = rng.permutation(per_session.index.to_numpy())
-    keep = order[: int(np.searchsorted(per_session.loc[order].cumsum().to_numpy(), train_targets)) + 1]
-    train[train["session_id"].isin(keep)].to_parquet(dst.split("train"))
+    if train_targets:
+        train = pd.read_parquet(src.split("train"))
+        per_session = train.groupby("session_id")["is_target"].sum()
+        order = rng.permutation(per_session.index.to_numpy())
+        keep = order[: int(np.searchsorted(per_session.loc[order].cumsum().to_numpy(), train_targets)) + 1]
+        train[train["session_id"].isin(keep)].to_parquet(dst.split("train"))
+        sessions = len(keep)
+    else:
+        shutil.copy(src.split("train"), dst.split("train"))
+        sessions = pd.read_parquet(dst.split("train"), columns=["session_id"])["session_id"].nunique()
     val = pd.read_parquet(src.split("val"))
     val_ids = rng.permutation(val["session_id"].unique())[:VAL_SESSIONS]
     val[val["session_id"].isin(val_ids)].to_parquet(dst.split("val"))
     vocab_rows = len(pd.read_parquet(src.vocab))
-    return {"catalog": vocab_rows, "train_sessions": len(keep)}
+    return {"catalog": vocab_rows, "train_sessions": sessions}
 
 
 def run_version(tree: Path, args: dict, store: Path) -> dict:
@@ -131,7 +141,8 @@ def main() -> None:
     ap.add_argument("--models", default="sasrec")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--old-ref", default=DEFAULT_OLD_REF, help="git ref of the old code ('' = new only)")
-    ap.add_argument("--targets", default="", help="per dataset, e.g. default=60000,large=12000")
+    ap.add_argument("--targets", default="", help="per dataset, e.g. default=60000,large=12000 (0: whole split)")
+    ap.add_argument("--epoch-windows", type=int, default=0, help="windows trained per epoch (0: all)")
     ap.add_argument("--data-root", default=str(REPO / "data" / "bench"))
     ap.add_argument("--diginetica-dir", default=str(REPO / "data" / "diginetica"))
     args = ap.parse_args()
@@ -157,7 +168,8 @@ def main() -> None:
                     load = os.getloadavg()[0]
                     try:
                         row = run_version(tree, {"model": model, "workers": args.workers, "data_dir": str(sample),
-                                                 "storage": str(store / "storage")}, store)
+                                                 "storage": str(store / "storage"),
+                                                 "epoch_windows": args.epoch_windows}, store)
                     except RuntimeError as exc:
                         # the old code's full softmax does not fit a large catalog: a result, not a crash
                         last = str(exc).splitlines()[-1][:200]
@@ -166,11 +178,13 @@ def main() -> None:
                         print(f"{name:10s} {model:8s} {version:3s} FAILED: {last}", flush=True)
                         continue
                     row.update(dataset=name, model=model, version=version, workers=args.workers,
-                               catalog=info["catalog"], load_avg_1m_before=load)
+                               catalog=info["catalog"], train_sessions=info["train_sessions"],
+                               epoch_windows=args.epoch_windows, load_avg_1m_before=load)
                     results.append(row)
                     print(f"{name:10s} {model:8s} {version:3s} {row['events_per_second']:8.0f} events/s  "
                           f"rss/worker={row['peak_rss_mb_worker']:6.0f}MB  loss={row['loss']} d={row['d_model']} "
-                          f"{row['precision']}  load={load:.1f}", flush=True)
+                          f"{row['precision']}  windows={row['windows']:,}  wall={row['wall_seconds']:.0f}s  "
+                          f"load={load:.1f}", flush=True)
     finally:
         if args.old_ref:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "old")],
