@@ -6,6 +6,7 @@ returns the metrics it logged, so callers and tests can check them.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections import Counter
@@ -15,6 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from playlistai.data import plots
 from playlistai.data.generate import SIZES, SyntheticWorld, estimate_ceilings, make_world
@@ -26,7 +28,8 @@ from playlistai.data.ingest import (
     read_events,
 )
 from playlistai.data.layout import DataLayout
-from playlistai.data.ray_engine import HEAD_ROWS, ROW_GROUP_ROWS, ParquetStream, parse_engine
+from playlistai.data.parquet_io import HEAD_ROWS, ROW_GROUP_ROWS, ParquetStream
+from playlistai.data.ray_engine import parse_engine
 from playlistai.data.sequences import SequenceDataset, encode_sessions
 from playlistai.data.sessionize import session_lengths, sessionize, validate_events
 from playlistai.data.splits import SplitResult, make_splits, unknown_share
@@ -148,18 +151,24 @@ def event_stats(events: pd.DataFrame) -> dict[str, float]:
     return EventTally().add(events).stats()
 
 
-def write_synthetic_events(world: SyntheticWorld, path: Path) -> tuple[EventTally, pd.DataFrame]:
+def write_synthetic_events(world: SyntheticWorld, path: Path,
+                           row_group_rows: int = ROW_GROUP_ROWS) -> tuple[EventTally, pd.DataFrame]:
     """Draw the world's log in chunks of whole users and write each chunk as it is done: memory
     holds a chunk and a row group, not the log (xlarge has 54M plays). `ParquetStream` writes the
     file `to_parquet` writes of the whole log, byte for byte, so one Parquet file with the same
     row groups is what both engines of `preprocess` read. Returns the log's tally and first rows."""
     # the generator's columns all have pandas dtypes, so the stream never asks about untyped ones
-    stream = ParquetStream(path, has_values=lambda columns: {})
+    stream = ParquetStream(path, has_values=lambda columns: {}, row_group_rows=row_group_rows)
     tally = EventTally()
-    for chunk in world.generate_chunks(chunk_rows=ROW_GROUP_ROWS // 4):
-        validate_events(chunk)
-        tally.add(chunk)
-        stream.write(chunk)
+    # xlarge takes a quarter of an hour: say how far it is (a line every 15 s in a log file)
+    bar = tqdm(total=world.config.n_users, desc="data: drawing plays", unit="user", unit_scale=True,
+               leave=False, mininterval=0.5 if sys.stderr.isatty() else 15.0, file=sys.stderr)
+    with bar:
+        for chunk in world.generate_chunks(chunk_rows=row_group_rows // 4):
+            validate_events(chunk)
+            tally.add(chunk)
+            stream.write(chunk)
+            bar.update(chunk["user_id"].nunique())
     stream.close(empty_like=chunk.head(0))
     return tally, stream.head
 

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from playlistai.data import ray_engine, stages
 from playlistai.data.generate import (
     PRESETS,
     SyntheticWorld,
@@ -13,6 +12,7 @@ from playlistai.data.generate import (
     estimate_ceilings,
     make_world,
 )
+from playlistai.data.parquet_io import HEAD_ROWS
 from playlistai.data.stages import event_stats, write_synthetic_events
 from playlistai.data.vocab import Vocabulary
 
@@ -89,22 +89,22 @@ def test_chunked_generation_is_the_in_memory_log():
 
 
 @pytest.mark.parametrize("row_group_rows", [2_000, None])
-def test_the_data_stage_writes_the_file_pandas_writes_of_the_whole_log(tmp_path, monkeypatch, row_group_rows):
+def test_the_data_stage_writes_the_file_pandas_writes_of_the_whole_log(tmp_path, row_group_rows):
     """Written chunk by chunk, the events file is `to_parquet` of the whole log, byte for byte:
     several row groups (2,000 rows here), or pandas' own row groups (None)."""
-    options = {}
-    if row_group_rows is not None:
-        monkeypatch.setattr(ray_engine, "ROW_GROUP_ROWS", row_group_rows)
-        monkeypatch.setattr(stages, "ROW_GROUP_ROWS", row_group_rows)
-        options = {"row_group_size": row_group_rows}
     world = make_world("tiny", 11)
-    tally, head = write_synthetic_events(world, tmp_path / "streamed.parquet")
+    if row_group_rows is None:
+        tally, head = write_synthetic_events(world, tmp_path / "streamed.parquet")
+        options = {}
+    else:
+        tally, head = write_synthetic_events(world, tmp_path / "streamed.parquet", row_group_rows=row_group_rows)
+        options = {"row_group_size": row_group_rows}
     whole = world.generate()
     whole.to_parquet(tmp_path / "whole.parquet", index=False, **options)
     assert (tmp_path / "streamed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     assert tally.stats() == event_stats(whole)
     assert sorted(tally.track_counts()) == sorted(whole["track_id"].value_counts())
-    pd.testing.assert_frame_equal(head, whole.head(ray_engine.HEAD_ROWS))
+    pd.testing.assert_frame_equal(head, whole.head(HEAD_ROWS))
 
 
 def test_ceilings_of_a_seed_stay_what_they_were():

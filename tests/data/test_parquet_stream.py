@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from playlistai.data import ray_engine
-from playlistai.data.ray_engine import Histogram, Numbering, ParquetStream, SessionSums, parse_engine
+from playlistai.data.parquet_io import HEAD_ROWS, ParquetStream
+from playlistai.data.ray_engine import Histogram, Numbering, SessionSums, parse_engine
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -30,19 +30,19 @@ def frame(n: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 100, 1000])
-def test_a_file_streamed_in_batches_is_the_file_pandas_writes(tmp_path, monkeypatch, batch):
+def test_a_file_streamed_in_batches_is_the_file_pandas_writes(tmp_path, batch):
     rows = 2_500
-    monkeypatch.setattr(ray_engine, "ROW_GROUP_ROWS", 1_000)
     df = frame(rows)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "whole.parquet",
                    row_group_size=1_000, compression="snappy")
-    stream = ParquetStream(tmp_path / "stream.parquet", lambda cols: {c: df[c].notna().any() for c in cols})
+    stream = ParquetStream(tmp_path / "stream.parquet", lambda cols: {c: df[c].notna().any() for c in cols},
+                           row_group_rows=1_000)
     for start in range(0, rows, batch):
         stream.write(df.iloc[start:start + batch].reset_index(drop=True))
     stream.close(df.head(0))
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(tmp_path / "stream.parquet") == digest(tmp_path / "whole.parquet")
-    pd.testing.assert_frame_equal(stream.head, df.head(ray_engine.HEAD_ROWS))
+    pd.testing.assert_frame_equal(stream.head, df.head(HEAD_ROWS))
 
 
 def test_an_empty_output_is_written_as_pandas_writes_it(tmp_path):
