@@ -169,13 +169,27 @@ class NextTrackCases:
         return NextTrackCases(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
 
-def next_track_cases(sessions: EncodedSessions, max_seq_len: int) -> NextTrackCases:
-    """One case per target event with at least one known track before it."""
+def case_sample(n: int, max_cases: int, seed: int) -> np.ndarray | None:
+    """Which of `n` cases a fixed random subset of `max_cases` keeps (a mask; None: all of them)."""
+    if not max_cases or n <= max_cases:
+        return None
+    keep = np.zeros(n, dtype=bool)
+    keep[np.random.default_rng(seed).choice(n, max_cases, replace=False)] = True
+    return keep
+
+
+def next_track_cases(sessions: EncodedSessions, max_seq_len: int, max_cases: int = 0, seed: int = 0) -> NextTrackCases:
+    """One case per target event with at least one known track before it; with `max_cases`, only
+    the subset `case_sample` keeps, the others never built (a large split's histories are GBs)."""
+    positions = [t[t != 0] for t in (np.flatnonzero(flags) for flags in sessions.is_target)]
+    keep = case_sample(sum(len(t) for t in positions), max_cases, seed)
     hist, hours, dows, targets, sess, pos, lens = [], [], [], [], [], [], []
-    for s in range(len(sessions)):
+    case = 0
+    for s, session_targets in enumerate(positions):
         items = sessions.items[s]
-        for t in np.flatnonzero(sessions.is_target[s]):
-            if t == 0:
+        for t in session_targets:
+            case += 1
+            if keep is not None and not keep[case - 1]:
                 continue
             hist.append(left_pad(items[:t], max_seq_len))
             hours.append(sessions.hours[s][t])

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from playlistai.data.sequences import NextTrackCases
+from playlistai.data.sequences import NextTrackCases, case_sample
 from playlistai.evaluation.evaluator import evaluate_next_track, rows_per_score_batch
 from playlistai.models import SequenceRecommender
 from playlistai.training.losses import LOSSES, make_loss
@@ -151,9 +151,8 @@ def epoch_batches(
 def validation_subset(cases: NextTrackCases, max_cases: int, seed: int) -> NextTrackCases:
     """A fixed random subset (the same every epoch), ordered by history length so that batches of
     short histories trim their padding. Metrics are means over cases: order does not matter."""
-    if max_cases and len(cases) > max_cases:
-        keep = np.zeros(len(cases), dtype=bool)
-        keep[np.random.default_rng(seed).choice(len(cases), max_cases, replace=False)] = True
+    keep = case_sample(len(cases), max_cases, seed)
+    if keep is not None:
         cases = cases.subset(keep)
     order = np.argsort(np.minimum(cases.history_lengths, cases.histories.shape[1]), kind="stable")
     return cases.subset(order)

@@ -68,12 +68,14 @@ class TrainingData:
     val: NextTrackCases
 
 
-def load_training_data(data_dir: str | Path, max_seq_len: int, windows_dir: str | Path | None = None) -> TrainingData:
-    """The vocabulary, the training windows (memory-mapped from `windows_dir`, the window file the
-    training stage wrote; found or written here when not given) and the validation cases."""
+def load_training_data(data_dir: str | Path, max_seq_len: int, windows_dir: str | Path | None = None,
+                       val_max_cases: int = 0, seed: int = 0) -> TrainingData:
+    """The vocabulary, the training windows (read from `windows_dir`, the window file the training
+    stage wrote; found or written here when not given) and the validation cases: with
+    `val_max_cases`, only the fixed subset that validation takes (`validation_subset`)."""
     vocab = load_vocab(data_dir)
     train = TrainWindows.open(windows_dir or window_file(data_dir, max_seq_len))
-    val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), max_seq_len)
+    val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), max_seq_len, val_max_cases, seed)
     if len(val) == 0:
         raise ValueError(f"{data_dir}: the validation split has no next-track case; early stopping needs one")
     return TrainingData(vocab, train, val)
@@ -238,7 +240,8 @@ def train_worker(cfg: dict) -> dict:
     train_config = TrainConfig.from_dict(cfg["train_config"])
     extra = dict(cfg.get("extra") or {})
 
-    data = load_training_data(cfg["data_dir"], model_config.max_seq_len, cfg.get("windows_dir"))
+    data = load_training_data(cfg["data_dir"], model_config.max_seq_len, cfg.get("windows_dir"),
+                              train_config.val_max_cases, train_config.seed)
     if data.vocab.size != model_config.vocab_size:
         raise ValueError(
             f"the vocabulary in {cfg['data_dir']} has {data.vocab.size} rows, the model config {model_config.vocab_size}"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases
 from playlistai.models import build_model
-from playlistai.training.loop import TrainConfig, epoch_batches, fit, seed_everything
+from playlistai.training.loop import TrainConfig, epoch_batches, fit, seed_everything, validation_subset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,3 +188,15 @@ def test_a_plateau_halves_the_learning_rate(tiny_training_data, run_fit, small_t
 def bad_before_last(scores):
     """Epochs before the last that did not improve on the best so far (each decayed the lr)."""
     return sum(scores[i] <= max(scores[:i]) for i in range(1, len(scores) - 1))
+
+
+def test_validation_cases_sampled_while_built_are_the_subset_validation_takes(tiny_data_dir):
+    sessions = encode_sessions(load_split(tiny_data_dir, "val"), load_vocab(tiny_data_dir))
+    every = next_track_cases(sessions, 20)
+    assert len(every) > 300
+    sampled = next_track_cases(sessions, 20, max_cases=300, seed=3)
+    assert len(sampled) == 300
+    want, got = validation_subset(every, 300, seed=3), validation_subset(sampled, 300, seed=3)
+    for name in want.__dataclass_fields__:
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert len(next_track_cases(sessions, 20, max_cases=10 * len(every), seed=3)) == len(every)

@@ -129,3 +129,4 @@ def test_the_window_file_is_reused_while_the_data_stays_and_rebuilt_when_it_chan
     rebuilt = window_file(data_dir, 20)
     assert rebuilt != first and not first.exists() and not other_length.exists()
     assert [p.name for p in (data_dir / "windows").iterdir()] == [rebuilt.name]
+
