@@ -14,18 +14,25 @@ before it (most recent `max_seq_len`, left-padded with 0), the context is the ta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from playlistai.data.layout import DataLayout
+from playlistai.data.parquet_io import whole_groups
 from playlistai.data.vocab import PAD, Vocabulary
 
 if TYPE_CHECKING:
     import torch
+
+SPLIT_BATCH_ROWS = 1 << 20     # plays of a split read at a time where a split is streamed
 
 
 @dataclass
@@ -52,6 +59,22 @@ class EncodedSessions:
 def load_split(data_dir: str | Path, split: str) -> pd.DataFrame:
     layout = DataLayout.of(data_dir)
     return pd.read_parquet(layout.require(layout.split(split), "splits"))
+
+
+def split_in_batches(path: str | Path, columns: list[str] | None = None,
+                     batch_rows: int = SPLIT_BATCH_ROWS) -> Iterator[pd.DataFrame]:
+    """A split file (sorted by session_id, pos, as the `splits` stage writes it) in frames of about
+    `batch_rows` plays that never cut a session: encoding them one by one gives the sessions that
+    encoding the whole file gives, in the same order."""
+    previous_last: pa.Scalar | None = None
+    batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+    for table in whole_groups(batches, "session_id"):
+        ids = table.column("session_id").combine_chunks()
+        backwards = len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py()
+        if backwards or (previous_last is not None and pc.less_equal(ids[0], previous_last).as_py()):
+            raise ValueError(f"{path} is not sorted by session_id: run the `splits` stage again")
+        previous_last = ids[-1]
+        yield table.to_pandas()
 
 
 def load_vocab(data_dir: str | Path) -> Vocabulary:
@@ -178,11 +201,19 @@ def case_sample(n: int, max_cases: int, seed: int) -> np.ndarray | None:
     return keep
 
 
-def next_track_cases(sessions: EncodedSessions, max_seq_len: int, max_cases: int = 0, seed: int = 0) -> NextTrackCases:
+def _case_positions(sessions: EncodedSessions) -> list[np.ndarray]:
+    """Per session, the positions of its cases: targets with a known track before them."""
+    return [t[t != 0] for t in (np.flatnonzero(flags) for flags in sessions.is_target)]
+
+
+def next_track_cases(sessions: EncodedSessions, max_seq_len: int, max_cases: int = 0, seed: int = 0,
+                     keep: np.ndarray | None = None) -> NextTrackCases:
     """One case per target event with at least one known track before it; with `max_cases`, only
-    the subset `case_sample` keeps, the others never built (a large split's histories are GBs)."""
-    positions = [t[t != 0] for t in (np.flatnonzero(flags) for flags in sessions.is_target)]
-    keep = case_sample(sum(len(t) for t in positions), max_cases, seed)
+    the subset `case_sample` keeps (or those `keep` marks), the others never built: a large split's
+    histories are GBs."""
+    positions = _case_positions(sessions)
+    if keep is None:
+        keep = case_sample(sum(len(t) for t in positions), max_cases, seed)
     hist, hours, dows, targets, sess, pos, lens = [], [], [], [], [], [], []
     case = 0
     for s, session_targets in enumerate(positions):
@@ -208,3 +239,27 @@ def next_track_cases(sessions: EncodedSessions, max_seq_len: int, max_cases: int
         positions=as_i64(pos),
         history_lengths=as_i64(lens),
     )
+
+
+def split_cases(data_dir: str | Path, split: str, vocab: Vocabulary, max_seq_len: int, max_cases: int = 0,
+                seed: int = 0, batch_rows: int = SPLIT_BATCH_ROWS) -> NextTrackCases:
+    """`next_track_cases(encode_sessions(load_split(data_dir, split), vocab), ...)`, the split read
+    in batches of whole sessions (twice: counting the cases, then building those kept), so that
+    memory holds one batch and the cases kept, not the split."""
+    layout = DataLayout.of(data_dir)
+    path = layout.require(layout.split(split), "splits")
+    columns = ["session_id", "pos", "track_id", "hour", "dow", "is_target"]
+    counts = [sum(len(t) for t in _case_positions(encode_sessions(frame, vocab)))
+              for frame in split_in_batches(path, columns, batch_rows)]
+    keep = case_sample(sum(counts), max_cases, seed)
+    parts, first_case, first_session = [], 0, 0
+    for frame, n in zip(split_in_batches(path, columns, batch_rows), counts, strict=True):
+        sessions = encode_sessions(frame, vocab)
+        part_keep = keep[first_case : first_case + n] if keep is not None else np.ones(n, dtype=bool)
+        part = next_track_cases(sessions, max_seq_len, keep=part_keep)
+        part.session_index += first_session
+        parts.append(part)
+        first_case, first_session = first_case + n, first_session + len(sessions)
+    if not parts:
+        return next_track_cases(encode_sessions(pd.read_parquet(path), vocab), max_seq_len)
+    return NextTrackCases(*(np.concatenate([getattr(p, f) for p in parts]) for f in NextTrackCases.__dataclass_fields__))

@@ -29,20 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from playlistai.data.layout import DataLayout
-from playlistai.data.parquet_io import whole_groups
-from playlistai.data.sequences import EncodedSessions, SequenceDataset, encode_sessions, load_vocab
+from playlistai.data.sequences import (
+    SPLIT_BATCH_ROWS,
+    EncodedSessions,
+    SequenceDataset,
+    encode_sessions,
+    load_vocab,
+    split_in_batches,
+)
 from playlistai.data.vocab import Vocabulary
 from playlistai.models.base import trim_left_padding
 from playlistai.tracking import files_hash
 
 WINDOW_FORMAT_VERSION = 1
-SPLIT_BATCH_ROWS = 1 << 20     # plays of the train split read at a time when writing the file
 _COLUMNS = ["session_id", "pos", "track_id", "hour", "dow"]
 _ROWS, _LENGTHS, _META = "windows.bin", "lengths.npy", "windows.json"
 
@@ -175,16 +177,9 @@ def write_windows(split: Path, vocab: Vocabulary, max_seq_len: int, directory: P
                   batch_rows: int = SPLIT_BATCH_ROWS) -> dict:
     """Write the windows of a split file sorted by (session_id, pos) into `directory`."""
     windows, lengths = 0, []
-    previous_last: pa.Scalar | None = None
-    batches = pq.ParquetFile(split).iter_batches(batch_size=batch_rows, columns=_COLUMNS)
     with open(directory / _ROWS, "wb") as out:
-        for table in whole_groups(batches, "session_id"):
-            ids = table.column("session_id").combine_chunks()
-            backwards = len(ids) > 1 and pc.any(pc.less(ids[1:], ids[:-1])).as_py()
-            if backwards or (previous_last is not None and pc.less_equal(ids[0], previous_last).as_py()):
-                raise ValueError(f"{split} is not sorted by session_id: run the `splits` stage again")
-            previous_last = ids[-1]
-            rows = window_rows(encode_sessions(table.to_pandas(), vocab), max_seq_len)
+        for frame in split_in_batches(split, _COLUMNS, batch_rows):
+            rows = window_rows(encode_sessions(frame, vocab), max_seq_len)
             out.write(rows.tobytes())
             lengths.append(_lengths(rows))
             windows += len(rows)

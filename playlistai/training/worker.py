@@ -39,13 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from playlistai.data.sequences import (
-    NextTrackCases,
-    encode_sessions,
-    load_split,
-    load_vocab,
-    next_track_cases,
-)
+from playlistai.data.sequences import NextTrackCases, load_vocab, split_cases
 from playlistai.data.vocab import Vocabulary
 from playlistai.files import atomic_dir
 from playlistai.models import ModelConfig, build_model
@@ -75,7 +69,7 @@ def load_training_data(data_dir: str | Path, max_seq_len: int, windows_dir: str 
     `val_max_cases`, only the fixed subset that validation takes (`validation_subset`)."""
     vocab = load_vocab(data_dir)
     train = TrainWindows.open(windows_dir or window_file(data_dir, max_seq_len))
-    val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), max_seq_len, val_max_cases, seed)
+    val = split_cases(data_dir, "val", vocab, max_seq_len, val_max_cases, seed)
     if len(val) == 0:
         raise ValueError(f"{data_dir}: the validation split has no next-track case; early stopping needs one")
     return TrainingData(vocab, train, val)

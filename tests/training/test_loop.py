@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases
+from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases, split_cases
 from playlistai.models import build_model
 from playlistai.training.loop import TrainConfig, epoch_batches, fit, seed_everything, validation_subset
 
@@ -200,3 +200,14 @@ def test_validation_cases_sampled_while_built_are_the_subset_validation_takes(ti
     for name in want.__dataclass_fields__:
         assert np.array_equal(getattr(got, name), getattr(want, name)), name
     assert len(next_track_cases(sessions, 20, max_cases=10 * len(every), seed=3)) == len(every)
+
+
+def test_validation_cases_read_in_batches_of_sessions_are_those_of_the_whole_split(tiny_data_dir):
+    vocab = load_vocab(tiny_data_dir)
+    whole = next_track_cases(encode_sessions(load_split(tiny_data_dir, "val"), vocab), 20, max_cases=300, seed=3)
+    # 40 plays a batch: many batches, sessions that would straddle two of them
+    for max_cases in (300, 0):
+        want = whole if max_cases else next_track_cases(encode_sessions(load_split(tiny_data_dir, "val"), vocab), 20)
+        got = split_cases(tiny_data_dir, "val", vocab, 20, max_cases=max_cases, seed=3, batch_rows=40)
+        for name in want.__dataclass_fields__:
+            assert np.array_equal(getattr(got, name), getattr(want, name)), (max_cases, name)
