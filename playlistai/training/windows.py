@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from playlistai.data.sequences import (
     split_in_batches,
 )
 from playlistai.data.vocab import Vocabulary
+from playlistai.files import atomic_dir
 from playlistai.models.base import trim_left_padding
 from playlistai.tracking import files_hash
 
@@ -85,6 +86,7 @@ class TrainWindows:
     rows: np.ndarray | None = None       # [N] window_dtype, when in memory
     path: Path | None = None             # the window file's rows, when read from disk
     max_seq_len: int = 0
+    _fd: int | None = field(default=None, repr=False)
 
     @classmethod
     def from_sessions(cls, sessions: EncodedSessions, max_seq_len: int) -> TrainWindows:
@@ -103,7 +105,11 @@ class TrainWindows:
         lengths = np.load(directory / _LENGTHS)
         if len(lengths) != meta["windows"]:
             raise ValueError(f"{directory}: {len(lengths)} lengths for {meta['windows']} windows")
-        return cls(lengths, path=directory / _ROWS, max_seq_len=meta["max_seq_len"])
+        windows = cls(lengths, path=directory / _ROWS, max_seq_len=meta["max_seq_len"])
+        # opened once: the rows stay readable even if another run replaces the folder meanwhile
+        windows._fd = os.open(windows.path, os.O_RDONLY)
+        weakref.finalize(windows, os.close, windows._fd)
+        return windows
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """These rows (`window_dtype`), copied out of memory or read from the file."""
@@ -114,14 +120,10 @@ class TrainWindows:
         dtype = window_dtype(self.max_seq_len)
         out = np.empty(len(rows), dtype)
         raw, size = memoryview(out.view(np.uint8)), dtype.itemsize
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            for i in np.argsort(rows, kind="stable"):          # in file order
-                if os.preadv(fd, [raw[i * size : (i + 1) * size]], int(rows[i]) * size) != size:
-                    raise ValueError(f"{self.path} is shorter than its {len(self)} windows: delete its "
-                                     "folder and train again to rebuild it")
-        finally:
-            os.close(fd)
+        for i in np.argsort(rows, kind="stable"):          # in file order
+            if os.preadv(self._fd, [raw[i * size : (i + 1) * size]], int(rows[i]) * size) != size:
+                raise ValueError(f"{self.path} is shorter than its {len(self)} windows: delete its "
+                                 "folder and train again to rebuild it")
         return out
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,16 +162,9 @@ def window_file(data_dir: str | Path, max_seq_len: int, data_hash: str | None = 
     for stale in root.iterdir():
         if stale.is_dir() and not stale.name.startswith((version, ".")):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
+    # written whole or not at all; a run killed while writing leaves a temporary the next one removes
+    with atomic_dir(target) as tmp:
         write_windows(layout.require(layout.split("train"), "splits"), load_vocab(data_dir), max_seq_len, tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / _META).exists():    # another run wrote it meanwhile: theirs is the same
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
