@@ -206,14 +206,10 @@ def _case_positions(sessions: EncodedSessions) -> list[np.ndarray]:
     return [t[t != 0] for t in (np.flatnonzero(flags) for flags in sessions.is_target)]
 
 
-def next_track_cases(sessions: EncodedSessions, max_seq_len: int, max_cases: int = 0, seed: int = 0,
-                     keep: np.ndarray | None = None) -> NextTrackCases:
-    """One case per target event with at least one known track before it; with `max_cases`, only
-    the subset `case_sample` keeps (or those `keep` marks), the others never built: a large split's
-    histories are GBs."""
+def next_track_cases(sessions: EncodedSessions, max_seq_len: int, keep: np.ndarray | None = None) -> NextTrackCases:
+    """One case per target event with at least one known track before it; with `keep` (a mask over
+    those cases), only the cases it marks, the others never built (`split_cases`)."""
     positions = _case_positions(sessions)
-    if keep is None:
-        keep = case_sample(sum(len(t) for t in positions), max_cases, seed)
     hist, hours, dows, targets, sess, pos, lens = [], [], [], [], [], [], []
     case = 0
     for s, session_targets in enumerate(positions):
@@ -255,8 +251,7 @@ def split_cases(data_dir: str | Path, split: str, vocab: Vocabulary, max_seq_len
     parts, first_case, first_session = [], 0, 0
     for frame, n in zip(split_in_batches(path, columns, batch_rows), counts, strict=True):
         sessions = encode_sessions(frame, vocab)
-        part_keep = keep[first_case : first_case + n] if keep is not None else np.ones(n, dtype=bool)
-        part = next_track_cases(sessions, max_seq_len, keep=part_keep)
+        part = next_track_cases(sessions, max_seq_len, keep=None if keep is None else keep[first_case : first_case + n])
         part.session_index += first_session
         parts.append(part)
         first_case, first_session = first_case + n, first_session + len(sessions)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from playlistai.data.sequences import encode_sessions, load_split, next_track_cases
+from playlistai.data.sequences import encode_sessions, load_split, split_cases
 from playlistai.evaluation.evaluator import rows_per_score_batch
 from playlistai.models.checkpoint import load_checkpoint, save_checkpoint
 from playlistai.models.neighbours import SessionNeighbours
@@ -78,8 +78,8 @@ def mix_neighbours(
     model, vocab, config = load_checkpoint(checkpoint_dir)
     train = encode_sessions(load_split(data_dir, "train"), vocab)
     neighbours = SessionNeighbours.fit(train.items, vocab.size, max_sessions=MAX_SESSIONS, with_transitions=True)
-    val = next_track_cases(encode_sessions(load_split(data_dir, "val"), vocab), model.config.max_seq_len)
-    val = validation_subset(val, max_cases, seed)
+    val = validation_subset(split_cases(data_dir, "val", vocab, model.config.max_seq_len, max_cases, seed),
+                            max_cases, seed)
     bonus = float(model.repeat_bonus)
     metric = EARLY_STOP_METRIC.removeprefix("val_")
     if not len(val):

@@ -5,7 +5,7 @@ from `ray.train.get_context()`. Its argument is a plain dict (it crosses process
 
     model_config, train_config   ModelConfig / TrainConfig as dicts
     data_dir                     absolute path of the data directory (each worker reads it itself)
-    windows_dir                  the train split's window file (training/windows.py), memory-mapped
+    windows_dir                  the train split's window file (training/windows.py), read a batch at a time
     run_id, tracking_uri         the MLflow run rank 0 logs per-epoch metrics into (absolute URI:
                                  Ray workers run in another working directory)
     state_dir                    local trainer: where each epoch's state directory goes

@@ -190,24 +190,18 @@ def bad_before_last(scores):
     return sum(scores[i] <= max(scores[:i]) for i in range(1, len(scores) - 1))
 
 
-def test_validation_cases_sampled_while_built_are_the_subset_validation_takes(tiny_data_dir):
-    sessions = encode_sessions(load_split(tiny_data_dir, "val"), load_vocab(tiny_data_dir))
-    every = next_track_cases(sessions, 20)
+def test_validation_cases_read_in_batches_of_sessions_are_those_of_the_whole_split(tiny_data_dir):
+    """split_cases reads the split 40 plays at a time (sessions straddle the batches) and builds
+    only the sampled cases: the same cases, and the same validation subset, as the whole split."""
+    vocab = load_vocab(tiny_data_dir)
+    every = next_track_cases(encode_sessions(load_split(tiny_data_dir, "val"), vocab), 20)
     assert len(every) > 300
-    sampled = next_track_cases(sessions, 20, max_cases=300, seed=3)
+    got = split_cases(tiny_data_dir, "val", vocab, 20, batch_rows=40)
+    for name in every.__dataclass_fields__:
+        assert np.array_equal(getattr(got, name), getattr(every, name)), name
+    sampled = split_cases(tiny_data_dir, "val", vocab, 20, max_cases=300, seed=3, batch_rows=40)
     assert len(sampled) == 300
     want, got = validation_subset(every, 300, seed=3), validation_subset(sampled, 300, seed=3)
     for name in want.__dataclass_fields__:
         assert np.array_equal(getattr(got, name), getattr(want, name)), name
-    assert len(next_track_cases(sessions, 20, max_cases=10 * len(every), seed=3)) == len(every)
-
-
-def test_validation_cases_read_in_batches_of_sessions_are_those_of_the_whole_split(tiny_data_dir):
-    vocab = load_vocab(tiny_data_dir)
-    whole = next_track_cases(encode_sessions(load_split(tiny_data_dir, "val"), vocab), 20, max_cases=300, seed=3)
-    # 40 plays a batch: many batches, sessions that would straddle two of them
-    for max_cases in (300, 0):
-        want = whole if max_cases else next_track_cases(encode_sessions(load_split(tiny_data_dir, "val"), vocab), 20)
-        got = split_cases(tiny_data_dir, "val", vocab, 20, max_cases=max_cases, seed=3, batch_rows=40)
-        for name in want.__dataclass_fields__:
-            assert np.array_equal(getattr(got, name), getattr(want, name)), (max_cases, name)
+    assert len(split_cases(tiny_data_dir, "val", vocab, 20, max_cases=10 * len(every), seed=3)) == len(every)
