@@ -35,10 +35,15 @@ import mlflow
 from mlflow.exceptions import ExecutionException
 
 from playlistai.data.stages import SourceParams
+from playlistai.evaluation.keys import compare_key
 from playlistai.params import param
 from playlistai.registry import SELECTION_TAG
 
 SELECTION_METRIC = "val_ndcg_at_10"
+# the parent's paired differences, in the evaluation's `compare/` group (evaluation/keys.py), apart
+# from the headline keys: compare/val_ndcg_at_10_diff_chosen_vs_runner_up and ..._low, _high, _p_value
+VAL_DIFF_KEY = compare_key("val", "ndcg_at_10", "chosen", "runner_up")
+TEST_DIFF_KEY = compare_key("test", "ndcg_at_10", "chosen", "best_baseline")
 # the evaluation report's unprefixed names of the metrics the summary shows
 NDCG, RECALL, MRR = "ndcg_at_10", "recall_at_20", "mrr_at_20"
 REPORTED = (NDCG, RECALL, MRR)
@@ -332,7 +337,7 @@ def run_pipeline(
                      "val_eval_run_id": choice["eval_run_id"] or ""})
     mlflow.log_metrics(_finite_metrics({
         **{f"{m}_{SELECTION_METRIC}": v for m, v in choice.get("val_ndcg_at_10", {}).items()},
-        **{f"val_ndcg_at_10_diff_chosen_vs_runner_up{s}": c.get(k)
+        **{f"{VAL_DIFF_KEY}{s}": c.get(k)
            for s, k in (("", "mean_diff"), ("_low", "low"), ("_high", "high"), ("_p_value", "p_value"))},
     }))
     client.set_tag(trained[chosen], SELECTION_TAG, choice["reason"])
@@ -347,7 +352,7 @@ def run_pipeline(
     mlflow.set_tags({"test_eval_run_id": test_run, "best_baseline": best_baseline["name"] if best_baseline else ""})
     if best_baseline:
         b = best_baseline["comparison"] or {}
-        mlflow.log_metrics(_finite_metrics({f"test_ndcg_at_10_diff_chosen_vs_best_baseline{s}": b.get(k)
+        mlflow.log_metrics(_finite_metrics({f"{TEST_DIFF_KEY}{s}": b.get(k)
                                             for s, k in (("", "mean_diff"), ("_low", "low"), ("_high", "high"),
                                                          ("_p_value", "p_value"))}))
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from playlistai.data.sequences import EncodedSessions, NextTrackCases, left_pad
 from playlistai.data.vocab import PAD, Vocabulary
 from playlistai.evaluation import metrics as M
+from playlistai.evaluation.keys import SEEN_EXCLUDED, WITH_REPEATS
 
 # the keys docs/ARCHITECTURE.md ("Metrics") names, computed whatever `ks` a caller asks for
 DESIGN_RECALL_K = 20
@@ -418,7 +419,7 @@ def setting_suffix(exclude_seen: bool, primary_exclude_seen: bool) -> str:
     """Keys of the run's chosen setting are bare; the other setting's keys carry what differs."""
     if exclude_seen == primary_exclude_seen:
         return ""
-    return "_seen_excluded" if exclude_seen else "_with_repeats"
+    return SEEN_EXCLUDED if exclude_seen else WITH_REPEATS
 
 
 def evaluate_scorer(

@@ -4,7 +4,9 @@
 `log_report` logs it into the active run (the entry point opens it with `stage_run`): one nested
 child run per scorer with the same split-prefixed keys (`test_recall_at_20`, ...), so the MLflow
 UI compares model, baselines and oracle side by side; the parent run gets the model's keys, the
-oracle's (`test_oracle_*`), the report (JSON, Markdown) and the figures.
+oracle's (`oracle/test_*`), the paired comparisons (`compare/test_*`), the report (JSON,
+Markdown) and the figures. Only the headline keys are flat, every other key is in a group
+(`ci/`, `context/`, ...: evaluation/keys.py says which).
 
 Leakage guard: evaluating on the training split is refused unless `allow_train_split` says so,
 because every number it gives is inflated by memorisation and would be mistaken for quality.
@@ -32,6 +34,7 @@ from playlistai.data.sequences import (
     next_track_cases,
 )
 from playlistai.data.vocab import Vocabulary
+from playlistai.evaluation import keys as K
 from playlistai.evaluation import report as R
 from playlistai.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_ci, paired_bootstrap
 from playlistai.evaluation.evaluator import (
@@ -51,7 +54,9 @@ from playlistai.params import StageParams, param
 ORACLE = "oracle"
 ScorerKind = Literal["model", "baseline", "oracle"]
 # the metrics with bootstrap intervals and paired comparisons: the list's coverage, its top, and
-# how soon the first hit comes (MRR is what session-recommendation papers report beside P@20)
+# how soon the first hit comes (MRR is what session-recommendation papers report beside P@20).
+# In MLflow these, coverage@100 and repetition@20 are the flat headline keys (keys.HEADLINE:
+# `test_ndcg_at_10`); every other key is in a group (`ci/test_ndcg_at_10_low`)
 PRIMARY = (f"recall_at_{DESIGN_RECALL_K}", f"ndcg_at_{DESIGN_NDCG_K}", f"mrr_at_{DESIGN_RECALL_K}")
 # metrics whose ratio to the oracle means something (accuracy; not coverage or diversity)
 _RATIO_PREFIXES = ("recall_at_", "ndcg_at_", "mrr_at_", "cont_recall_at_")
@@ -262,18 +267,19 @@ class EvaluationReport:
 
 
 def row_metric_keys(row: ScorerRow, split: str) -> dict[str, float]:
-    """Every MLflow metric of one scorer's child run, split-prefixed."""
-    keys = {f"{split}_{k}": v for k, v in row.metrics.items()}
+    """Every MLflow metric of one scorer's child run, split-prefixed: the HEADLINE metrics flat,
+    the others grouped (evaluation/keys.py)."""
+    keys = {K.metric_key(split, k): v for k, v in row.metrics.items()}
     for metric, ci in row.ci.items():
-        keys[f"{split}_{metric}_ci_low"] = ci["low"]
-        keys[f"{split}_{metric}_ci_high"] = ci["high"]
+        keys[K.ci_key(split, metric, "low")] = ci["low"]
+        keys[K.ci_key(split, metric, "high")] = ci["high"]
     for metric, c in (row.context or {}).items():
-        keys[f"{split}_context_lift_{metric}"] = c["lift"]
-        keys[f"{split}_context_shuffled_{metric}"] = c["shuffled"]
-        keys[f"{split}_context_lift_{metric}_p_value"] = c["p_value"]
+        keys[K.context_key(split, metric, "lift")] = c["lift"]
+        keys[K.context_key(split, metric, "shuffled")] = c["shuffled"]
+        keys[K.context_key(split, metric, "lift_p_value")] = c["p_value"]
     for key, value in (row.oracle or {}).items():
-        keys[f"{split}_oracle_{key}"] = value
-    keys[f"{split}_eval_seconds"] = row.seconds
+        keys[K.oracle_key(split, key)] = value
+    keys[K.metric_key(split, "eval_seconds")] = row.seconds
     return {k: float(v) for k, v in keys.items() if v is not None}
 
 
@@ -509,9 +515,9 @@ def log_report(report: EvaluationReport) -> None:
                 )
                 mlflow.log_artifact(str(path), artifact_path="evaluation")
     parent_keys: dict[str, float] = {
-        f"{split}_num_cases": report.num_cases,
-        f"{split}_repeat_target_share": report.repeat_target_share,
-        f"{split}_eval_seconds": report.seconds,
+        K.metric_key(split, "num_cases"): report.num_cases,
+        K.metric_key(split, "repeat_target_share"): report.repeat_target_share,
+        K.metric_key(split, "eval_seconds"): report.seconds,
     }
     model_rows = report.rows_of("model")
     if len(model_rows) == 1:
@@ -519,11 +525,12 @@ def log_report(report: EvaluationReport) -> None:
         parent_keys.update(row_metric_keys(model_rows[0], split))
     oracle_rows = report.rows_of("oracle")
     if oracle_rows:
-        parent_keys.update({f"{split}_oracle_{k}": v for k, v in oracle_rows[0].metrics.items()
+        parent_keys.update({K.oracle_key(split, k): v for k, v in oracle_rows[0].metrics.items()
                             if k.startswith(_RATIO_PREFIXES)})
     for c in report.comparisons:
-        parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}"] = c["mean_diff"]
-        parent_keys[f"{split}_{c['metric']}_diff_{c['a']}_vs_{c['b']}_p_value"] = c["p_value"]
+        key = K.compare_key(split, c["metric"], c["a"], c["b"])
+        parent_keys[key] = c["mean_diff"]
+        parent_keys[f"{key}_p_value"] = c["p_value"]
     mlflow.log_metrics({k: float(v) for k, v in parent_keys.items() if v is not None})
     as_dict = report.as_dict()
     mlflow.log_text(R.report_to_json(as_dict), "evaluation/report.json")

@@ -1,5 +1,5 @@
 """The `evaluate` entry point on the tiny synthetic data: every key of docs/ARCHITECTURE.md
-("Metrics") for every scorer."""
+("Metrics") for every scorer, the headline keys flat and every other key in a group."""
 
 import json
 
@@ -11,13 +11,17 @@ from typer.testing import CliRunner
 
 from entrypoints.evaluate import app
 from playlistai.data.sequences import load_vocab
+from playlistai.evaluation import keys as K
 from playlistai.evaluation.bootstrap import paired_bootstrap
 from playlistai.evaluation.stage import (
+    PRIMARY,
     EvaluateParams,
     LeakageError,
+    ScorerRow,
     beats_every_baseline,
     check_split,
     compute_evaluation,
+    row_metric_keys,
 )
 from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
@@ -28,6 +32,17 @@ DESIGN_KEYS = [
     "repetition_rate_at_20", "artist_diversity_at_20", "popularity_bias_at_20",
 ]
 SCORERS = {"sasrec", "gru4rec_noctx", "mostpop", "mostpop_hour", "transitions", "sknn", "oracle"}
+HEADLINE = {"test_recall_at_20", "test_ndcg_at_10", "test_mrr_at_20", "test_coverage_at_100",
+            "test_repetition_rate_at_20"}
+GROUPS = {"ci", "context", "oracle", "compare", "with_repeats", "more", "info"}
+
+
+def assert_grouped(logged, headline=HEADLINE) -> None:
+    """Only the headline keys are flat (MLflow's "Model metrics" section); each other key is in a group."""
+    assert headline <= set(logged)
+    flat = {k for k in logged if "/" not in k}
+    assert flat == headline, sorted(flat - headline)
+    assert {k.split("/", 1)[0] for k in logged if "/" in k} <= GROUPS
 
 
 def load_per_case(run_id: str) -> dict[str, np.ndarray]:
@@ -78,21 +93,29 @@ def test_every_design_key_is_logged_for_the_model_each_baseline_and_the_oracle(e
     assert set(by_name) == SCORERS
     for name, run in by_name.items():
         logged = run.data.metrics
+        assert_grouped(logged)
         for key in DESIGN_KEYS:
-            assert f"test_{key}" in logged, (name, key)
-            assert f"test_{key}_with_repeats" in logged, (name, key)
-            assert 0.0 <= logged[f"test_{key}"] <= 1.0, (name, key)
+            main = f"test_{key}" if f"test_{key}" in HEADLINE else f"more/test_{key}"
+            assert main in logged, (name, key)
+            assert f"with_repeats/test_{key}" in logged, (name, key)
+            assert 0.0 <= logged[main] <= 1.0, (name, key)
         for key in ("recall_at_20", "ndcg_at_10"):
-            assert logged[f"test_{key}_ci_low"] <= logged[f"test_{key}"] <= logged[f"test_{key}_ci_high"]
-            assert f"test_oracle_{key}" in logged
+            assert logged[f"ci/test_{key}_low"] <= logged[f"test_{key}"] <= logged[f"ci/test_{key}_high"]
+            assert f"oracle/test_{key}" in logged
             if name != "oracle":
-                assert f"test_{key}_oracle_ratio" in logged
-        assert "test_recall_at_5" in logged and "test_repeat_target_share" in logged
+                assert f"oracle/test_{key}_ratio" in logged
+        assert {"more/test_recall_at_5", "info/test_repeat_target_share", "info/test_num_cases",
+                "info/test_eval_seconds"} <= set(logged)
     # the context ablation of the model, the model's keys and the oracle's on the parent run
-    assert "test_context_lift_ndcg_at_10" in by_name["sasrec"].data.metrics
-    assert "test_context_lift_ndcg_at_10" in by_name["gru4rec_noctx"].data.metrics
-    assert "test_oracle_recall_at_20" in parent.data.metrics
-    assert "test_ndcg_at_10_diff_sasrec_vs_gru4rec_noctx" in parent.data.metrics
+    for name in ("sasrec", "gru4rec_noctx"):
+        assert {"context/test_ndcg_at_10_lift", "context/test_ndcg_at_10_lift_p_value",
+                "context/test_ndcg_at_10_shuffled"} <= set(by_name[name].data.metrics)
+    assert not any(k.startswith("context/") for k in by_name["mostpop"].data.metrics)
+    assert "oracle/test_recall_at_20" in parent.data.metrics
+    assert {"compare/test_ndcg_at_10_diff_sasrec_vs_gru4rec_noctx",
+            "compare/test_ndcg_at_10_diff_sasrec_vs_gru4rec_noctx_p_value"} <= set(parent.data.metrics)
+    assert not {k for k in parent.data.metrics if "/" not in k}, "two models: the parent has no headline keys"
+    assert {k.split("/", 1)[0] for k in parent.data.metrics} <= GROUPS
     assert parent.data.params["split"] == "test" and parent.data.params["exclude_seen"] == "True"
 
 
@@ -169,9 +192,46 @@ def test_a_single_model_run_carries_the_model_keys_on_the_parent(tiny_data_dir, 
         output_format="list",
     )
     parent = next(r for r in parent if "mlflow.parentRunId" not in r.data.tags)
+    assert_grouped(parent.data.metrics)
     for key in DESIGN_KEYS:
-        assert f"test_{key}" in parent.data.metrics and f"test_{key}_with_repeats" in parent.data.metrics
-    assert "test_recall_at_20_oracle_ratio" in parent.data.metrics
+        main = f"test_{key}" if f"test_{key}" in HEADLINE else f"more/test_{key}"
+        assert main in parent.data.metrics and f"with_repeats/test_{key}" in parent.data.metrics
+    assert "oracle/test_recall_at_20_ratio" in parent.data.metrics
+
+
+def test_only_the_headline_keys_are_flat_and_each_other_key_names_its_group():
+    row = ScorerRow(
+        name="sasrec", kind="model", seconds=2.5, cases_per_second=10.0,
+        metrics={"recall_at_20": 0.4, "ndcg_at_10": 0.3, "mrr_at_20": 0.2, "coverage_at_100": 0.6,
+                 "repetition_rate_at_20": 0.0, "recall_at_10": 0.35, "cont_recall_at_20": 0.1,
+                 "artist_diversity_at_20": 0.9, "popularity_bias_at_20": 0.5, "recall_at_20_with_repeats": 0.45,
+                 "repetition_rate_at_20_with_repeats": 0.1, "recall_at_20_oracle_ratio": 0.8,
+                 "recall_at_20_with_repeats_oracle_ratio": 0.7, "num_cases": 100.0, "num_sessions": 20.0,
+                 "repeat_target_share": 0.05},
+        ci={"ndcg_at_10": {"low": 0.25, "high": 0.35}},
+        context={"ndcg_at_10": {"true": 0.3, "shuffled": 0.28, "lift": 0.02, "low": 0.0, "high": 0.04,
+                                "p_value": 0.04}},
+        oracle={"recall_at_20": 0.5, "recall_at_20_with_repeats": 0.64},
+    )
+    keys = row_metric_keys(row, "val")
+    assert_grouped(keys, {f"val_{m}" for m in K.HEADLINE})
+    assert keys == {
+        "val_recall_at_20": 0.4, "val_ndcg_at_10": 0.3, "val_mrr_at_20": 0.2, "val_coverage_at_100": 0.6,
+        "val_repetition_rate_at_20": 0.0,
+        "more/val_recall_at_10": 0.35, "more/val_cont_recall_at_20": 0.1, "more/val_artist_diversity_at_20": 0.9,
+        "more/val_popularity_bias_at_20": 0.5,
+        "with_repeats/val_recall_at_20": 0.45, "with_repeats/val_repetition_rate_at_20": 0.1,
+        "oracle/val_recall_at_20_ratio": 0.8, "oracle/val_recall_at_20_with_repeats_ratio": 0.7,
+        "oracle/val_recall_at_20": 0.5, "oracle/val_recall_at_20_with_repeats": 0.64,
+        "info/val_num_cases": 100.0, "info/val_num_sessions": 20.0, "info/val_repeat_target_share": 0.05,
+        "info/val_eval_seconds": 2.5,
+        "ci/val_ndcg_at_10_low": 0.25, "ci/val_ndcg_at_10_high": 0.35,
+        "context/val_ndcg_at_10_lift": 0.02, "context/val_ndcg_at_10_shuffled": 0.28,
+        "context/val_ndcg_at_10_lift_p_value": 0.04,
+    }
+    # the primary metrics are headline keys; repeats allowed as the run's setting, the other one is its group
+    assert set(PRIMARY) <= set(K.HEADLINE)
+    assert K.metric_key("test", "recall_at_20_seen_excluded") == "seen_excluded/test_recall_at_20"
 
 
 def _comparison(a, b, metric, diff, significant=True):

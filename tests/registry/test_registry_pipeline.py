@@ -83,11 +83,11 @@ def test_registry_tiny_main_chooses_on_validation_and_reports_test_from_one_run(
     assert val[chosen]["val_ndcg_at_10"] >= val[runner_up]["val_ndcg_at_10"]
     if val[chosen]["val_ndcg_at_10"] == val[runner_up]["val_ndcg_at_10"]:
         assert models.index(chosen) < models.index(runner_up), "a tie goes to the first of models"
-    diff = metrics["val_ndcg_at_10_diff_chosen_vs_runner_up"]
-    assert diff == pytest.approx(val_run.data.metrics[f"val_ndcg_at_10_diff_{chosen}_vs_{runner_up}"])
-    assert metrics["val_ndcg_at_10_diff_chosen_vs_runner_up_p_value"] == pytest.approx(
-        val_run.data.metrics[f"val_ndcg_at_10_diff_{chosen}_vs_{runner_up}_p_value"])
-    low, high = (metrics[f"val_ndcg_at_10_diff_chosen_vs_runner_up_{k}"] for k in ("low", "high"))
+    diff = metrics["compare/val_ndcg_at_10_diff_chosen_vs_runner_up"]
+    assert diff == pytest.approx(val_run.data.metrics[f"compare/val_ndcg_at_10_diff_{chosen}_vs_{runner_up}"])
+    assert metrics["compare/val_ndcg_at_10_diff_chosen_vs_runner_up_p_value"] == pytest.approx(
+        val_run.data.metrics[f"compare/val_ndcg_at_10_diff_{chosen}_vs_{runner_up}_p_value"])
+    low, high = (metrics[f"compare/val_ndcg_at_10_diff_chosen_vs_runner_up_{k}"] for k in ("low", "high"))
     assert low <= diff <= high
     beats = tags["chosen_beats_runner_up_on_val"]
     assert beats == ("true" if low > 0 else "false")
@@ -104,8 +104,12 @@ def test_registry_tiny_main_chooses_on_validation_and_reports_test_from_one_run(
     for m in models:
         for key in ("test_ndcg_at_10", "test_recall_at_20", "test_mrr_at_20"):
             assert metrics[f"{m}_{key}"] == pytest.approx(on_test[m][key]), (m, key)
-    assert metrics["test_ndcg_at_10_diff_chosen_vs_best_baseline"] == pytest.approx(
-        test_run.data.metrics[f"test_ndcg_at_10_diff_{chosen}_vs_{tags['best_baseline']}"])
+    assert metrics["compare/test_ndcg_at_10_diff_chosen_vs_best_baseline"] == pytest.approx(
+        test_run.data.metrics[f"compare/test_ndcg_at_10_diff_{chosen}_vs_{tags['best_baseline']}"])
+    # the main run's flat keys are its headline: each model's figures; the rest is grouped
+    flat = {k for k in metrics if "/" not in k}
+    assert flat == {f"{m}_{key}" for m in models
+                    for key in ("val_ndcg_at_10", "test_ndcg_at_10", "test_recall_at_20", "test_mrr_at_20")}
 
     # the register stage names the comparison the choice was made on
     assert train_runs[chosen].data.tags["selection_reason"] == reason
