@@ -14,10 +14,11 @@ SEED ?= 42
 ENGINE ?= pandas
 # `$(TRACKING_ENV) <command>` runs the command with the tracking URI and experiment of the settings
 # (environment or .env; see playlistai/tracking.py, which prints them without importing mlflow).
-# `$(MLFLOW_RUN)`: an experiment the launcher creates is moved to MLFLOW_ARTIFACT_ROOT (./mlartifacts)
-# by its first stage
 TRACKING_ENV := mlflow_env=$$($(PY) -m playlistai.tracking --shell) && eval "$$mlflow_env" &&
-MLFLOW_RUN := $(TRACKING_ENV) $(VENV)/bin/mlflow run . --env-manager local
+# `$(MLFLOW_RUN) -e <stage> -P ...` is `mlflow run . -e <stage> --env-manager local -P ...` with the
+# tracking URI and experiment of the settings: the same `mlflow.projects.run` call and the same runs,
+# without the `mlflow` command's 3-4 s of start-up (playlistai/launch.py)
+MLFLOW_RUN := $(PY) -m playlistai.launch .
 
 .PHONY: setup data preprocess splits test lint demo demo-quick clean
 

@@ -8,6 +8,7 @@ import typer
 
 from entrypoints.common import cli_errors, default_data_dir, echo_next, next_stage_commands
 from entrypoints.params import Received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.data.ingest import Limits
 from playlistai.data.stages import DataParams, run_data
@@ -38,4 +39,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -10,6 +10,7 @@ import typer
 from entrypoints.common import cli_errors, echo_next
 from entrypoints.params import Received, options, parse
 from monitoring.drift_job import DriftJobConfig, DriftParams, push_warning, run_drift_job, summary_lines
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.tracking import run_location, stage_run
 
@@ -38,4 +39,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -8,6 +8,7 @@ import typer
 
 from entrypoints.common import after_training, cli_errors, echo_next, require_splits
 from entrypoints.params import Received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.evaluation.stage import (
     EvaluateParams,
@@ -50,4 +51,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -17,6 +17,7 @@ import typer
 
 from entrypoints.common import SYNTHETIC, cli_errors, default_data_dir, echo_next, ui_command
 from entrypoints.params import Received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.data.ray_engine import parse_engine
 from playlistai.pipeline import MainParams, PipelineError, parse_models, run_pipeline, summary_text
@@ -78,4 +79,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -11,6 +11,7 @@ import typer
 
 from entrypoints.common import as_int, cli_errors, echo_next, ui_command
 from entrypoints.params import Received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.registry.stage import RegisterParams, run_register
@@ -48,4 +49,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -9,6 +9,7 @@ import typer
 
 from entrypoints.common import cli_errors, echo_next, next_stage_commands
 from entrypoints.params import Received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.data.ray_engine import parse_engine
 from playlistai.data.splits import parse_vocab_scope
@@ -39,4 +40,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

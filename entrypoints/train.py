@@ -13,6 +13,7 @@ import typer
 
 from entrypoints.common import after_training, cli_errors, echo_next, require_splits
 from entrypoints.params import Received, as_received, options, parse
+from playlistai.cli import run_cli
 from playlistai.config import get_settings
 from playlistai.tracking import run_location, stage_run
 from playlistai.training.stage import TrainParams, plan_training, run_train_stage
@@ -48,4 +49,4 @@ def main(received: Received) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    run_cli(app)

@@ -2,9 +2,9 @@
 
 - The tracking URI comes from Settings (`sqlite:///mlflow.db` by default, a server when set).
 - With a database store (SQLite, or PostgreSQL without a server), the experiment's artifacts go
-  to `./mlartifacts` (MLFLOW_ARTIFACT_ROOT), never `./mlruns`. `make` creates the experiment
-  first (`python -m playlistai.tracking`) and hands `mlflow run` the tracking URI and experiment
-  name of Settings (so `.env` counts for the launcher too).
+  to `./mlartifacts` (MLFLOW_ARTIFACT_ROOT), never `./mlruns`. `make` starts stages with
+  `playlistai.launch`, which creates the experiment of Settings (so `.env` counts for the launcher
+  too) and launches the stage as `mlflow run` does.
 - `stage_run` opens the run of one stage: under `mlflow run` it logs into the run the project
   launcher created (MLFLOW_RUN_ID), in whatever experiment the launcher put it (`Default` when
   `mlflow run` is given no experiment), otherwise it starts one in MLFLOW_EXPERIMENT_NAME. An
@@ -41,8 +41,8 @@ import playlistai
 from playlistai.config import Settings, get_settings
 
 # mlflow (and pandas) are imported by the functions that use them, so that
-# `python -m playlistai.tracking --shell`, which `make` runs before every `mlflow run`, starts in a
-# fraction of a second; every stage imports mlflow anyway.
+# `python -m playlistai.tracking --shell` (the settings as `export` lines, for a shell that runs
+# `mlflow run` or a benchmark) starts in a fraction of a second; every stage imports mlflow anyway.
 if TYPE_CHECKING:
     import mlflow
 
@@ -392,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
 
     `--shell` prints `export` lines instead, for `mlflow run` to use the tracking URI and the
     experiment of Settings (environment or `.env`): `eval "$(python -m playlistai.tracking --shell)"`.
-    It only reads the settings (no mlflow import, no store access: a fraction of a second before
-    every `make` stage); an experiment `mlflow run` then creates is moved to MLFLOW_ARTIFACT_ROOT by
-    the stage (`use_launcher_run`), as under a bare `mlflow run`.
+    It only reads the settings (no mlflow import, no store access: a fraction of a second); an
+    experiment `mlflow run` then creates is moved to MLFLOW_ARTIFACT_ROOT by the stage
+    (`use_launcher_run`), as under a bare `mlflow run`.
     """
     import argparse
 

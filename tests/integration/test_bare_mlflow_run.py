@@ -169,9 +169,35 @@ def test_make_hands_the_dotenv_settings_to_mlflow_run(clone):
     exp = client.get_experiment_by_name("from-dotenv")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "data"
+    # make starts stages with playlistai.launch: the run is the one `mlflow run` would make
+    assert "playlistai.launch . -e data" in proc.stdout
+    assert run.data.tags["mlflow.source.type"] == "PROJECT"
+    assert run.data.tags["mlflow.project.entryPoint"] == "data"
+    assert run.data.params["size"] == "tiny" and run.data.params["seed"] == "3"
     assert under(run.info.artifact_uri, clone / "dotenv-artifacts")
     assert not (clone / "mlruns").exists()
     assert stage_lines(proc, "data")[-1].endswith(f"run {run.info.run_id} in experiment 'from-dotenv'")
+
+
+def test_the_launcher_fails_as_mlflow_run_does(clone):
+    """A malformed -P stops the launch with one line (status 2); a stage that fails keeps its own
+    message and makes the launch fail (status 1), as `mlflow run` does; never a traceback."""
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "playlistai.launch", ".", *args], cwd=clone, env=bare_env(),
+                              capture_output=True, text=True, timeout=300)
+
+    proc = launch("-e", "data", "-P", "size")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: launch data: -P 'size': expected name=value"]
+
+    proc = launch("-e", "data", "-P", "size=huge")
+    assert proc.returncode == 1
+    assert "error: data: unknown size 'huge'" in proc.stderr
+    assert proc.stderr.rstrip().endswith("failed ===")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("playlistai").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["mlflow.project.entryPoint"] == "data"
 
 
 def test_tracking_cli_refuses_a_bad_setting_in_one_line(clone):
