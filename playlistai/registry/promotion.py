@@ -31,12 +31,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from playlistai.registry.gate import GateComparison
+# the gate's comparison scores models (torch); this module only moves aliases, and `main`, which
+# imports its modes, starts 1.4 s sooner without torch
+if TYPE_CHECKING:
+    from playlistai.registry.gate import GateComparison
 
 PROMOTE_MODES = ("auto", "force", "never")
 CHALLENGER_ALIAS = "challenger"
