@@ -27,12 +27,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -113,6 +116,56 @@ def ray_data(rows: int) -> Iterator[Any]:
         ctx.execution_options.preserve_order = saved_order
         if started:
             ray.shutdown()
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+class Steps:
+    """What a Ray stage is doing, on stderr: a line when a step starts, one every `every` seconds
+    while it runs (the time so far, and the rows so far when the step counts them), and its
+    duration at the end. Ray Data's own progress bars stay off: they draw a bar per operator, redrawn
+    per block, hundreds of lines in a log file; without them a step ran for minutes on `xlarge`
+    without a word."""
+
+    def __init__(self, stage: str, every: float = 30.0, out: TextIO | None = None):
+        self.stage, self.every, self.out = stage, every, out
+        self.rows = 0
+
+    def _say(self, text: str) -> None:
+        print(f"{self.stage} (ray): {text}", file=self.out or sys.stderr, flush=True)
+
+    def _so_far(self, total: int | None) -> str:
+        if total is None:
+            return ""
+        share = f" ({self.rows / total:.0%})" if total else ""
+        return f", {self.rows:,} of {total:,} rows{share}"
+
+    @contextmanager
+    def step(self, what: str, total: int | None = None) -> Iterator[Steps]:
+        """Within the block, `add(n)` counts rows done (of `total`) for the lines it prints."""
+        self.rows = 0
+        started = time.monotonic()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.every):
+                self._say(f"{what}: {_duration(time.monotonic() - started)} so far{self._so_far(total)}")
+
+        self._say(f"{what} ...")
+        thread = threading.Thread(target=beat, name="ray-engine-steps", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+        self._say(f"{what}: done in {_duration(time.monotonic() - started)}")
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
 
 
 def n_groups(rows: int) -> int:
@@ -377,12 +430,15 @@ def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, mi
     add_context(pd.DataFrame({"ts": pd.Series([], dtype="datetime64[ns, UTC]")}), timezone)  # a bad timezone fails now
     dtypes = {**_schema_frame(events_path).dtypes.to_dict(), **SESSION_DTYPES}
     n_in = pq.ParquetFile(events_path).metadata.num_rows
+    steps = Steps("preprocess")
     with ray_data(n_in):
         events = read_in_file_order(events_path, columns=list(EVENT_COLUMNS))
-        marked = by_groups(events, "user_id", n_groups(n_in), _mark_group, gap_min=gap_min,
+        groups = n_groups(n_in)
+        marked = by_groups(events, "user_id", groups, _mark_group, gap_min=gap_min,
                            min_session_len=min_session_len, collapse_repeats=collapse_repeats, timezone=timezone)
-        drops = {code[0]: n for code, n in value_counts(marked.select_columns(["_drop"]), ["_drop"]).items()}
-        kept = rows_where(marked, "_drop", KEPT).materialize()
+        with steps.step(f"sessions of {n_in:,} plays, in {groups:,} group{'s' * (groups > 1)} of whole users"):
+            drops = {code[0]: n for code, n in value_counts(marked.select_columns(["_drop"]), ["_drop"]).items()}
+            kept = rows_where(marked, "_drop", KEPT).materialize()
         if not drops.get(KEPT):
             raise ValueError(f"no session has {min_session_len}+ plays at a {gap_min}-minute gap")
         ordered = kept.sort(["_start_ns", "user_id", "_ts_ns", "_order"])
@@ -390,21 +446,24 @@ def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, mi
         lengths = Histogram()
         sums = SessionSums(lambda done: lengths.add(done[:, 0]))
         stream = ParquetStream(sessions_path, _has_values(kept))
-        for batch in _batches(ordered):
-            sid, pos = numbering(batch)
-            batch["session_id"] = sid
-            batch["pos"] = pos.astype(np.int32)
-            sums.add(sid, np.ones((len(sid), 1)))
-            stream.write(_as_dtypes(batch.loc[:, list(SESSION_COLUMNS)], dtypes))
-        sums.finish()
-        stream.close(pd.DataFrame(columns=list(SESSION_COLUMNS)))
-        event_stats = {
-            "users": float(nunique(kept, "user_id")),
-            "tracks": float(nunique(kept, "track_id")),
-            "artists": float(nunique(kept, "artist_id")),
-            "events": float(drops[KEPT]),
-        }
-        track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
+        with steps.step("sorting and writing the sessions", total=drops[KEPT]) as progress:
+            for batch in _batches(ordered):
+                sid, pos = numbering(batch)
+                batch["session_id"] = sid
+                batch["pos"] = pos.astype(np.int32)
+                sums.add(sid, np.ones((len(sid), 1)))
+                stream.write(_as_dtypes(batch.loc[:, list(SESSION_COLUMNS)], dtypes))
+                progress.add(len(batch))
+            sums.finish()
+            stream.close(pd.DataFrame(columns=list(SESSION_COLUMNS)))
+        with steps.step("counting users, tracks and artists"):
+            event_stats = {
+                "users": float(nunique(kept, "user_id")),
+                "tracks": float(nunique(kept, "track_id")),
+                "artists": float(nunique(kept, "artist_id")),
+                "events": float(drops[KEPT]),
+            }
+            track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
     stats = SessionizeStats(
         events_in=n_in,
         exact_duplicates_dropped=drops.get(DROP_DUPLICATE, 0),
@@ -544,11 +603,20 @@ class _SplitTally:
 
 
 def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: _SplitTally,
-                 dtypes: dict[str, Any], columns: list[str], session_offset: int | None) -> None:
+                 dtypes: dict[str, Any], columns: list[str], session_offset: int | None,
+                 progress: Steps, total: int) -> None:
     """Sort a split in Ray, stream it into `path`: positions from 0 within each session, session
     ids kept (`session_offset` None) or numbered from `session_offset` in the sort's order."""
     stream = ParquetStream(path, _has_values(rows_where(ds, "_why", KEEP)))
     sums = SessionSums(tally.session_done)
+    with progress.step(f"sorting and writing {path.name}", total=total) as rows_done:
+        _stream_split(ds, stream, sums, order, numbering, tally, dtypes, columns, session_offset, rows_done)
+    tally.head = stream.head
+
+
+def _stream_split(ds, stream: ParquetStream, sums: SessionSums, order: list[str], numbering: Numbering,
+                  tally: _SplitTally, dtypes: dict[str, Any], columns: list[str], session_offset: int | None,
+                  rows_done: Steps) -> None:
     for batch in _batches(ds.sort(order)):
         rank, pos = numbering(batch)
         if session_offset is not None:
@@ -561,9 +629,9 @@ def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: 
         frame = _as_dtypes(batch.loc[:, columns], dtypes)
         tally.add(frame, rank, sums)
         stream.write(frame)
+        rows_done.add(len(batch))
     sums.finish()
     stream.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns])
-    tally.head = stream.head
 
 
 def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_frac: float = 0.1,
@@ -580,19 +648,22 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
         raise ValueError("no sessions to split")
     if strategy == "temporal":
         check_fractions(val_frac, test_frac)
+    steps = Steps("splits")
     with ray_data(n_rows) as ray:
         sessions = ray.data.read_parquet(str(Path(sessions_path).resolve()))
         groups = n_groups(n_rows)
         if strategy == "temporal":
-            starts = (sessions.select_columns(["session_id", "ts"]).map_batches(_start_ns, batch_format="pandas")
-                      .groupby("session_id").min("_ts_ns").materialize())
-            n = starts.count()
-            n_test, n_val = period_sizes(n, val_frac, test_frac)
-            column = starts.columns()[-1]
-            t_test = _kth_latest(starts, column, n_test)
-            t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
+            with steps.step("the time cut-offs: the start of every session"):
+                starts = (sessions.select_columns(["session_id", "ts"]).map_batches(_start_ns, batch_format="pandas")
+                          .groupby("session_id").min("_ts_ns").materialize())
+                n = starts.count()
+                n_test, n_val = period_sizes(n, val_frac, test_frac)
+                column = starts.columns()[-1]
+                t_test = _kth_latest(starts, column, n_test)
+                t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
             marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
-            whys = value_counts(marked.select_columns(["_why"]), ["_why"])
+            with steps.step(f"splitting {n:,} sessions ({n_rows:,} plays) at the cut-offs"):
+                whys = value_counts(marked.select_columns(["_why"]), ["_why"])
             as_time = lambda ns: pd.Series(pd.to_datetime([ns], utc=True)).astype(schema["ts"].dtype).iloc[0]  # noqa: E731
             meta = {"val_start": str(as_time(t_val)), "test_start": str(as_time(t_test)),
                     "events_truncated_at_cutoffs": whys.get((TRUNCATED,), 0),
@@ -603,20 +674,25 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
             vocab_order = ["_part", "session_id", "pos"]
         else:
             marked = by_groups(sessions, "user_id", groups, _loo_group)
-            n_users = nunique(marked, "user_id")
-            meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP), "user_id"),
-                    "events_truncated_at_cutoffs": 0}
+            with steps.step(f"splitting the sessions of every user ({n_rows:,} plays): the last one to test"):
+                n_users = nunique(marked, "user_id")
+                meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP),
+                                                  "user_id"),
+                        "events_truncated_at_cutoffs": 0}
             order, offsets = ["user_id", "pos"], (0, n_users, 2 * n_users)
             vocab_rows = rows_where(marked, "_part", 0)
             if vocab_scope == "train_val":
                 val_only = rows_where(rows_where(marked, "_part", 1), "_vocab_val", True)
                 vocab_rows = vocab_rows.union(val_only)
             vocab_order = ["_part", "user_id", "pos"]
-        part_rows = value_counts(rows_where(marked.select_columns(["_part", "_why"]), "_why", KEEP), ["_part"])
+        with steps.step("counting the plays of each split"):
+            part_rows = value_counts(rows_where(marked.select_columns(["_part", "_why"]), "_why", KEEP), ["_part"])
         if not part_rows.get((0,)):
             raise ValueError("the training split is empty")
-        table = by_groups(vocab_rows.select_columns([*vocab_order, "track_id", "artist_id", "genre"]), "track_id",
-                          groups, _tracks_group, order=vocab_order, min_freq=vocab_min_freq).to_pandas()
+        with steps.step(f"the vocabulary: tracks played {vocab_min_freq}+ times in {vocab_scope}"):
+            table = by_groups(vocab_rows.select_columns([*vocab_order, "track_id", "artist_id", "genre"]),
+                              "track_id", groups, _tracks_group, order=vocab_order,
+                              min_freq=vocab_min_freq).to_pandas()
         if table.empty:
             table = pd.DataFrame(columns=["track_id", "artist_id", "genre", "count"])
         vocab = Vocabulary.from_track_table(table, vocab_min_freq)
@@ -629,7 +705,7 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
             rows = rows_where(rows, "_why", KEEP, PLACEHOLDER)
             tally = _SplitTally(vocab, max_seq_len)
             _write_split(rows, out_dir / f"{name}.parquet", order, Numbering(order[:1]), tally, dtypes, columns,
-                         None if offsets is None else offsets[part])
+                         None if offsets is None else offsets[part], steps, part_rows.get((part,), 0))
             heads[name], tallies[name] = tally.head, tally
             metrics.update(tally.metrics(name))
     metrics["train_windows"] = float(tallies["train"].n["windows"])
