@@ -25,12 +25,15 @@ MLFLOW_RUN := $(PY) -m playlistai.launch .
 # Idempotent: reinstalls only when pyproject.toml changed. torch first, pinned, so that pip takes
 # the CPU wheel instead of resolving a multi-GB CUDA build through another package.
 setup: $(STAMP)
+# pip's own lines and, in a terminal, its download and install bars say how far it is.
 $(STAMP): pyproject.toml
+	@echo "setup: a virtual environment in $(VENV) (about 2.7 GB; 2-5 minutes on 2 cores): pip, torch 2.13 (CPU), then the project"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
+	@echo "setup: done"
 
 data: $(STAMP)
 	$(MLFLOW_RUN) -e data -P size=$(SIZE) -P seed=$(SEED) -P data_dir=$(DATA_DIR)
