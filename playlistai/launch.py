@@ -51,6 +51,9 @@ def launch(argv: list[str] | None = None) -> int:
         experiment_id = configure_mlflow(get_settings())
         mlflow.projects.run(args.uri, entry_point=args.entry_point, parameters=params, env_manager="local",
                             experiment_id=experiment_id, synchronous=True)
+    except KeyboardInterrupt:  # mlflow.projects has already stopped the stage and marked its run FAILED
+        print(f"launch {args.entry_point}: interrupted", file=sys.stderr)
+        return 130
     except mlflow.projects.ExecutionException as exc:
         print(f"=== {exc} ===", file=sys.stderr)
         return 1

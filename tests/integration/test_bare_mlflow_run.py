@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -198,6 +200,26 @@ def test_the_launcher_fails_as_mlflow_run_does(clone):
     client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("playlistai").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["mlflow.project.entryPoint"] == "data"
+
+
+def test_an_interrupted_launch_stops_its_stage_and_says_so(clone):
+    """Ctrl-C (SIGINT to the launcher): the stage is stopped, its run marked FAILED, one line, status 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "playlistai.launch", ".", "-e", "data", "-P", "size=large"],
+                            cwd=clone, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "drawing plays" in line or "Running command" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    out = "".join(lines) + out
+    assert proc.returncode == 130, out[-3000:]
+    assert "launch data: interrupted" in out and "Traceback" not in out
+    client = mlflow.MlflowClient(f"sqlite:///{clone}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("playlistai").experiment_id])
+    assert run.info.status == "FAILED"
 
 
 def test_tracking_cli_refuses_a_bad_setting_in_one_line(clone):
