@@ -77,6 +77,40 @@ def split_in_batches(path: str | Path, columns: list[str] | None = None,
         yield table.to_pandas()
 
 
+def tail_sessions(data_dir: str | Path, split: str, vocab: Vocabulary, n: int) -> EncodedSessions:
+    """The last `n` sessions of `encode_sessions(load_split(data_dir, split), vocab)` (all of them
+    when the split has fewer), reading the file's row groups from its end until they hold `n`
+    whole encoded sessions: memory for the sessions kept, not for the split. `unknown_events` and
+    `total_events` count the rows read."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    layout = DataLayout.of(data_dir)
+    parquet = pq.ParquetFile(layout.require(layout.split(split), "splits"))
+    columns = ["session_id", "pos", "track_id", "hour", "dow", "is_target"]
+    parts: list[EncodedSessions] = []
+    held = 0
+    carried = None      # the first session of the row group read last: it may begin in the one before
+    for group in reversed(range(parquet.num_row_groups)):
+        frame = parquet.read_row_group(group, columns=columns).to_pandas()
+        if carried is not None:
+            frame = pd.concat([frame, carried], ignore_index=True)
+        if group > 0:
+            first = (frame["session_id"] == frame["session_id"].iloc[0]).to_numpy()
+            carried, frame = frame[first], frame[~first]
+        parts.insert(0, encode_sessions(frame, vocab))
+        held += len(parts[0])
+        if held >= n:
+            break
+    if not parts:
+        return encode_sessions(pd.read_parquet(layout.split(split)), vocab)
+    joined = lambda field: [x for part in parts for x in getattr(part, field)][-n:]  # noqa: E731
+    return EncodedSessions(
+        session_ids=np.concatenate([p.session_ids for p in parts])[-n:], items=joined("items"),
+        hours=joined("hours"), dows=joined("dows"), is_target=joined("is_target"), positions=joined("positions"),
+        unknown_events=sum(p.unknown_events for p in parts), total_events=sum(p.total_events for p in parts),
+    )
+
+
 def load_vocab(data_dir: str | Path) -> Vocabulary:
     layout = DataLayout.of(data_dir)
     return Vocabulary.load(layout.require(layout.vocab, "splits"))

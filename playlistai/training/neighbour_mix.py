@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from playlistai.data.sequences import encode_sessions, load_split, split_cases
+from playlistai.data.sequences import split_cases, tail_sessions
 from playlistai.evaluation.evaluator import rows_per_score_batch
 from playlistai.models.checkpoint import load_checkpoint, save_checkpoint
 from playlistai.models.neighbours import SessionNeighbours
@@ -76,8 +76,9 @@ def mix_neighbours(
     checkpoint in `checkpoint_dir` when the mix is kept."""
     t0 = time.perf_counter()
     model, vocab, config = load_checkpoint(checkpoint_dir)
-    train = encode_sessions(load_split(data_dir, "train"), vocab)
-    neighbours = SessionNeighbours.fit(train.items, vocab.size, max_sessions=MAX_SESSIONS, with_transitions=True)
+    # the neighbours keep the most recent sessions only: read just those, from the end of the split
+    train = tail_sessions(data_dir, "train", vocab, MAX_SESSIONS)
+    neighbours = SessionNeighbours.fit(train.items, vocab.size, with_transitions=True)
     val = validation_subset(split_cases(data_dir, "val", vocab, model.config.max_seq_len, max_cases, seed),
                             max_cases, seed)
     bonus = float(model.repeat_bonus)

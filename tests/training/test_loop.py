@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from playlistai.data.sequences import encode_sessions, load_split, load_vocab, next_track_cases, split_cases
+from playlistai.data.sequences import (
+    encode_sessions,
+    load_split,
+    load_vocab,
+    next_track_cases,
+    split_cases,
+    tail_sessions,
+)
 from playlistai.models import build_model
 from playlistai.training.loop import TrainConfig, epoch_batches, fit, seed_everything, validation_subset
 
@@ -205,3 +215,24 @@ def test_validation_cases_read_in_batches_of_sessions_are_those_of_the_whole_spl
     for name in want.__dataclass_fields__:
         assert np.array_equal(getattr(got, name), getattr(want, name)), name
     assert len(split_cases(tiny_data_dir, "val", vocab, 20, max_cases=10 * len(every), seed=3)) == len(every)
+
+
+def test_the_last_sessions_read_from_the_end_of_a_split_are_those_of_the_whole_split(tiny_data_dir, tmp_path):
+    """tail_sessions reads row groups from the end (sessions straddle them, rare tracks drop out)
+    and gives the last n encoded sessions of the whole split, for every n up to past its end."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir / "splits", data_dir / "splits")
+    train = load_split(tiny_data_dir, "train")
+    train.to_parquet(data_dir / "splits" / "train.parquet", index=False, row_group_size=97)
+    assert pq.ParquetFile(data_dir / "splits" / "train.parquet").num_row_groups > 20
+    vocab = load_vocab(data_dir)
+    whole = encode_sessions(train, vocab)
+    assert whole.unknown_events > 0
+    for n in (1, 2, 7, 50, len(whole) - 1, len(whole), len(whole) + 5):
+        got = tail_sessions(data_dir, "train", vocab, n)
+        assert np.array_equal(got.session_ids, whole.session_ids[-n:]), n
+        for name in ("items", "hours", "dows", "is_target", "positions"):
+            want = getattr(whole, name)[-n:]
+            assert len(getattr(got, name)) == len(want), (n, name)
+            assert all(np.array_equal(a, b) for a, b in zip(getattr(got, name), want, strict=True)), (n, name)
+    assert tail_sessions(data_dir, "train", vocab, 5).total_events < len(train)     # it stopped early
