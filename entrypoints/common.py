@@ -88,8 +88,9 @@ def mlflow_command(stage: str, data_dir: str, base_dir: str = "data", **params) 
 
 
 def next_stage_commands(stage: str, data_dir: str, base_dir: str = "data") -> tuple[str, str]:
-    """The make target (DATA_DIR when not the settings') and the `mlflow run` line of the next data
-    stage (data_dir when not MLproject's default, `data`)."""
+    """The make target and the `mlflow run` line of the next data stage, with DATA_DIR / data_dir
+    whenever it is not `data`: make does not read `.env`, and a `DATA_DIR=...` given to make reaches
+    the stage as its setting, so the data_dir of Settings says nothing about what `make` will use."""
     return stage_command(stage, data_dir, base_dir), mlflow_command(stage, data_dir)
 
 

@@ -35,7 +35,7 @@ def main(received: Received) -> None:
             )
         summary = ", ".join(f"{k}={metrics[k]:,.0f}" for k in ("users", "tracks", "events") if k in metrics)
         typer.echo(f"data: {summary} -> {data_dir}/raw; {run_location(run.info.run_id)}")
-        echo_next(*next_stage_commands("preprocess", data_dir, settings.DATA_DIR))
+        echo_next(*next_stage_commands("preprocess", data_dir))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 
 import typer
 
-from entrypoints.common import after_training, cli_errors, echo_next, require_splits
+from entrypoints.common import after_training, cli_errors, echo_next, require_splits, stage_command
 from entrypoints.params import Received, options, parse
 from playlistai.cli import run_cli
 from playlistai.config import get_settings
@@ -45,9 +45,9 @@ def main(received: Received) -> None:
         typer.echo(f"evaluate: {run_location(run.info.run_id)}")
         uri = p.model_uri
         if uri.startswith("runs:/") and uri.rstrip("/").endswith("/checkpoint"):
-            echo_next(after_training(uri.removeprefix("runs:/").split("/", 1)[0], p.data_dir, settings.DATA_DIR)[0])
+            echo_next(after_training(uri.removeprefix("runs:/").split("/", 1)[0], p.data_dir)[0])
         elif not uri:
-            echo_next("make train" + (f" DATA_DIR={p.data_dir}" if p.data_dir != settings.DATA_DIR else ""))
+            echo_next(stage_command("train", p.data_dir))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main(received: Received) -> None:
             m = run_preprocess(**params)
         typer.echo(f"preprocess: {m['sessions']:,.0f} sessions, {m['events_out']:,.0f} events, "
                    f"mean length {m['session_len_mean']:.2f}; {run_location(run.info.run_id)}")
-        echo_next(*next_stage_commands("splits", params["data_dir"], settings.DATA_DIR))
+        echo_next(*next_stage_commands("splits", params["data_dir"]))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def main(received: Received) -> None:
         warning = tiny_data_warning(m)
         if warning:
             typer.echo(f"warning: splits: {warning}", err=True)
-        echo_next(*next_stage_commands("train", params["data_dir"], settings.DATA_DIR))
+        echo_next(*next_stage_commands("train", params["data_dir"]))
 
 
 if __name__ == "__main__":

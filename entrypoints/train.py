@@ -45,7 +45,7 @@ def main(received: Received) -> None:
             f"val_recall_at_20={best.get('val_recall_at_20', float('nan')):.4f} "
             f"in {outcome.wall_seconds:,.0f}s; {run_location(outcome.run_id)}, checkpoint runs:/{outcome.run_id}/checkpoint"
         )
-        echo_next(*after_training(outcome.run_id, params.data_dir, settings.DATA_DIR))
+        echo_next(*after_training(outcome.run_id, params.data_dir))
 
 
 if __name__ == "__main__":

@@ -55,3 +55,20 @@ def test_evaluate_without_splits_exits_with_one_line(tmp_path):
         f"local -P data_dir={tmp_path}/none && mlflow run . -e preprocess --env-manager local -P data_dir="
         f"{tmp_path}/none && mlflow run . -e splits --env-manager local -P data_dir={tmp_path}/none`)"
     ]
+
+
+def test_the_next_make_command_names_the_data_dir_even_when_make_handed_it_as_the_setting(tiny_data_dir, tmp_path):
+    """`make preprocess DATA_DIR=x` exports DATA_DIR=x to the stage, so x is also the stage's setting;
+    the `next:` line must still say `make splits DATA_DIR=x`, or the user's next make uses `data`."""
+    import os
+    import shutil
+
+    data_dir = tmp_path / "mine"
+    shutil.copytree(tiny_data_dir / "processed", data_dir / "processed")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env.update(DATA_DIR=str(data_dir), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    proc = subprocess.run([sys.executable, "-m", "entrypoints.splits"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("next: ")]
+    assert line.startswith(f"next: `make train DATA_DIR={data_dir}`"), line
