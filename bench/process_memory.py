@@ -131,7 +131,8 @@ def kill_tree(root: psutil.Process) -> None:
             process.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(processes, timeout=30)
+    # the command itself is left for Popen.wait to reap, so that its status says it was killed
+    psutil.wait_procs([p for p in processes if p.pid != root.pid], timeout=30)
 
 
 if __name__ == "__main__":
