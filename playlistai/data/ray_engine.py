@@ -434,9 +434,9 @@ def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, mi
     with ray_data(n_in):
         events = read_in_file_order(events_path, columns=list(EVENT_COLUMNS))
         groups = n_groups(n_in)
-        marked = by_groups(events, "user_id", groups, _mark_group, gap_min=gap_min,
-                           min_session_len=min_session_len, collapse_repeats=collapse_repeats, timezone=timezone)
         with steps.step(f"sessions of {n_in:,} plays, in {groups:,} group{'s' * (groups > 1)} of whole users"):
+            marked = by_groups(events, "user_id", groups, _mark_group, gap_min=gap_min, min_session_len=min_session_len,
+                               collapse_repeats=collapse_repeats, timezone=timezone)
             drops = {code[0]: n for code, n in value_counts(marked.select_columns(["_drop"]), ["_drop"]).items()}
             kept = rows_where(marked, "_drop", KEPT).materialize()
         if not drops.get(KEPT):
@@ -661,8 +661,8 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
                 column = starts.columns()[-1]
                 t_test = _kth_latest(starts, column, n_test)
                 t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
-            marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
             with steps.step(f"splitting {n:,} sessions ({n_rows:,} plays) at the cut-offs"):
+                marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
                 whys = value_counts(marked.select_columns(["_why"]), ["_why"])
             as_time = lambda ns: pd.Series(pd.to_datetime([ns], utc=True)).astype(schema["ts"].dtype).iloc[0]  # noqa: E731
             meta = {"val_start": str(as_time(t_val)), "test_start": str(as_time(t_test)),
@@ -673,8 +673,8 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
             vocab_rows = rows_where(vocab_rows, "_part", *((0,) if vocab_scope == "train" else (0, 1)))
             vocab_order = ["_part", "session_id", "pos"]
         else:
-            marked = by_groups(sessions, "user_id", groups, _loo_group)
             with steps.step(f"splitting the sessions of every user ({n_rows:,} plays): the last one to test"):
+                marked = by_groups(sessions, "user_id", groups, _loo_group)
                 n_users = nunique(marked, "user_id")
                 meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP),
                                                   "user_id"),
