@@ -204,8 +204,11 @@ def test_the_launcher_fails_as_mlflow_run_does(clone):
 
 def test_an_interrupted_launch_stops_its_stage_and_says_so(clone):
     """Ctrl-C (SIGINT to the launcher): the stage is stopped, its run marked FAILED, one line, status 130."""
+    # as from a terminal: a shell that runs this suite in the background (CI) hands its children
+    # SIGINT ignored, and Python then never turns it into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "playlistai.launch", ".", "-e", "data", "-P", "size=large"],
-                            cwd=clone, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=clone, env=bare_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
