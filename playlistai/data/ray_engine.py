@@ -610,28 +610,22 @@ def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: 
     stream = ParquetStream(path, _has_values(rows_where(ds, "_why", KEEP)))
     sums = SessionSums(tally.session_done)
     with progress.step(f"sorting and writing {path.name}", total=total) as rows_done:
-        _stream_split(ds, stream, sums, order, numbering, tally, dtypes, columns, session_offset, rows_done)
+        for batch in _batches(ds.sort(order)):
+            rank, pos = numbering(batch)
+            if session_offset is not None:
+                batch["session_id"] = rank + session_offset
+            real = (batch["_why"] == KEEP).to_numpy()
+            batch, rank, pos = batch[real], rank[real], pos[real]
+            if session_offset is None:
+                batch["pos"] = pos
+                batch["is_target"] = pos > 0
+            frame = _as_dtypes(batch.loc[:, columns], dtypes)
+            tally.add(frame, rank, sums)
+            stream.write(frame)
+            rows_done.add(len(batch))
+        sums.finish()
+        stream.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns])
     tally.head = stream.head
-
-
-def _stream_split(ds, stream: ParquetStream, sums: SessionSums, order: list[str], numbering: Numbering,
-                  tally: _SplitTally, dtypes: dict[str, Any], columns: list[str], session_offset: int | None,
-                  rows_done: Steps) -> None:
-    for batch in _batches(ds.sort(order)):
-        rank, pos = numbering(batch)
-        if session_offset is not None:
-            batch["session_id"] = rank + session_offset
-        real = (batch["_why"] == KEEP).to_numpy()
-        batch, rank, pos = batch[real], rank[real], pos[real]
-        if session_offset is None:
-            batch["pos"] = pos
-            batch["is_target"] = pos > 0
-        frame = _as_dtypes(batch.loc[:, columns], dtypes)
-        tally.add(frame, rank, sums)
-        stream.write(frame)
-        rows_done.add(len(batch))
-    sums.finish()
-    stream.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns])
 
 
 def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_frac: float = 0.1,
