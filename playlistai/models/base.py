@@ -75,6 +75,16 @@ class SequenceRecommender(nn.Module):
             return F.normalize(self.item_emb.weight, dim=-1)
         return self.item_emb.weight
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """item_embeddings()[ids], computing only those rows.
+
+        What a sampled loss needs: normalising the whole table for a few thousand rows is most of a
+        step's work on a catalog of a million tracks. The gather is the embedding's own, so with
+        `item_emb.sparse` set its gradient is sparse too (training/loop.py, `item_updates`)."""
+        rows = F.embedding(ids, self.item_emb.weight, padding_idx=self.item_emb.padding_idx,
+                           sparse=self.item_emb.sparse)
+        return F.normalize(rows, dim=-1) if self.config.cosine_scale else rows
+
     def query_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
         """The last step of every model: hidden states [..., D] -> the vectors scored against
         item_embeddings().

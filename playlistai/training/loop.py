@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from playlistai.data.sequences import NextTrackCases, case_sample
 from playlistai.evaluation.evaluator import evaluate_next_track, rows_per_score_batch
 from playlistai.models import SequenceRecommender
-from playlistai.training.losses import LOSSES, make_loss
+from playlistai.training.losses import LOSSES, SampledSoftmaxLoss, make_loss, resolve_loss
+from playlistai.training.optim import ITEM_UPDATES, ModelOptimizer, resolve_item_updates
 from playlistai.training.precision import PRECISIONS, autocast_dtype
 from playlistai.training.score_terms import collect_evidence, fit_terms
 from playlistai.training.windows import TrainWindows
@@ -56,6 +57,7 @@ class TrainConfig:
     loss: str = "auto"               # 'ce' (full softmax) | 'sampled' (log-Q corrected) | 'auto' (by catalog size)
     num_negatives: int = 2048        # sampled softmax only
     label_smoothing: float = 0.1     # full softmax only
+    item_updates: str = "auto"       # 'dense' | 'sparse' (only the item rows a step used; sampled loss) | 'auto'
     ce_chunk_mb: float = 256.0       # full softmax: the logits of at most this many MB exist at once
     precision: str = "auto"          # 'auto' (bf16 where the hardware runs it fast) | 'bf16' | 'fp32'
     max_minutes: float = 0.0         # stop before an epoch that would end past this budget; 0 = none
@@ -87,6 +89,10 @@ class TrainConfig:
             problems.append(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.item_updates not in ITEM_UPDATES:
+            problems.append(f"item_updates must be one of {ITEM_UPDATES}, got {self.item_updates!r}")
+        elif self.item_updates == "sparse" and self.loss == "ce":
+            problems.append("item_updates=sparse needs loss=sampled (or auto on a large catalog)")
         if self.num_negatives < 1:
             problems.append(f"num_negatives must be >= 1, got {self.num_negatives}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -225,14 +231,10 @@ class _LossStep(nn.Module):
 
     def forward(self, input_ids, target_ids, hours, dows):
         hidden = self.model(input_ids, hours, dows)
-        return self.loss_fn(hidden, self.model.item_embeddings(), target_ids)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # nanoGPT's rule: matrices (embeddings included) decay, biases and LayerNorm gains do not
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # the sampled loss asks for its rows only: the whole table is never normalised, and its
+        # gradient stays sparse when the embedding's is
+        items = self.model.item_rows if isinstance(self.loss_fn, SampledSoftmaxLoss) else self.model.item_embeddings()
+        return self.loss_fn(hidden, items, target_ids)
 
 
 def seed_everything(seed: int) -> None:
@@ -267,7 +269,7 @@ class TrainState:
             return 1.0
         return min(1.0, max(0.0, (self.anneal_end_step - step) / (self.anneal_end_step - self.anneal_start_step)))
 
-    def snapshot(self, model, optimizer, scheduler, model_config: dict, train_config: dict) -> dict[str, Any]:
+    def snapshot(self, model, optimizer: ModelOptimizer, model_config: dict, train_config: dict) -> dict[str, Any]:
         return {
             "format_version": STATE_FORMAT_VERSION,
             "epoch": self.epoch,
@@ -283,8 +285,7 @@ class TrainState:
             "anneal_start_step": self.anneal_start_step,
             "anneal_end_step": self.anneal_end_step,
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            **optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "model_config": model_config,
             "train_config": train_config,
@@ -340,26 +341,31 @@ def fit(
         chunk_mb=config.ce_chunk_mb,
         compute_dtype=amp_dtype or torch.float32,
     )
+    item_updates = resolve_item_updates(
+        config.item_updates, resolve_loss(config.loss, model.config.vocab_size - 1), model.config.vocab_size - 1
+    )
+    # set before DDP wraps the model: it registers its gradient hooks for what the model is then
+    model.item_emb.sparse = item_updates == "sparse"
     step_module: nn.Module = _LossStep(model, loss_fn)
     if _distributed(world_size):
         step_module = nn.parallel.DistributedDataParallel(step_module)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
     # warm-up never outlasts the first epoch: on small data 100 steps could be several epochs
     windows = min(config.epoch_windows or len(train), len(train))
     steps_per_epoch = math.ceil(math.ceil(windows / world_size) / math.ceil(config.batch_size / world_size))
     warmup = max(1, min(config.warmup_steps, steps_per_epoch))
     state = TrainState()
     # the schedule reads `state` when called, so a resumed state's decays apply from its first step
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * state.lr_scale * state.anneal_factor(step)
+    optimizer = ModelOptimizer(
+        list(model.parameters()), config.lr, config.weight_decay,
+        lambda step: min(1.0, (step + 1) / warmup) * state.lr_scale * state.anneal_factor(step),
+        item_table=model.item_emb.weight if model.item_emb.sparse else None,
     )
     val_cases = validation_subset(val_cases, config.val_max_cases, config.seed)
 
     if resume_state is not None:
         _check_resumable(resume_state, model)
         model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+        optimizer.load_state_dict(resume_state)
         torch.set_rng_state(resume_state["torch_rng"])
         state = TrainState(**{f.name: resume_state[f.name] for f in fields(TrainState) if f.name in resume_state})
         state.stopped_early = False
@@ -367,7 +373,7 @@ def fit(
         # distinct dropout / sampling streams per rank; the weights are identical (DDP broadcasts)
         torch.manual_seed(config.seed + rank)
 
-    snapshot = lambda: state.snapshot(model, optimizer, scheduler, model.config.to_dict(), config.to_dict())  # noqa: E731
+    snapshot = lambda: state.snapshot(model, optimizer, model.config.to_dict(), config.to_dict())  # noqa: E731
     stop_reason = "epochs"
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if config.patience and state.bad_epochs >= config.patience:
@@ -381,9 +387,9 @@ def fit(
             # re-planned every epoch from measured epoch times, so the lr reaches 0 as the budget ends
             state.anneal_start_step = state.anneal_start_step or state.global_step
             state.anneal_end_step = state.global_step + epochs_left * steps_per_epoch
-            _apply_schedule(scheduler)
+            optimizer.apply_schedule()
         record = _train_epoch(
-            step_module, model, train, optimizer, scheduler, config, epoch, rank, world_size, device, state,
+            step_module, model, train, optimizer, config, epoch, rank, world_size, device, state,
             amp_dtype,
         )
         t_val = time.perf_counter()
@@ -401,7 +407,7 @@ def fit(
             state.bad_epochs += 1
             # a plateau at this lr: smaller steps often find the next improvement
             state.lr_scale *= config.plateau_lr_factor
-            _apply_schedule(scheduler)
+            optimizer.apply_schedule()
         state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         state.history.append(record)
         if rank == 0 and config.progress:
@@ -444,16 +450,8 @@ def _epochs_left_in_budget(state: TrainState, config: TrainConfig, world_size: i
     return max(0, math.floor((config.max_minutes * 60 - spent) / max(longest, 1e-9)))
 
 
-def _apply_schedule(scheduler) -> None:
-    """Set the lr of the next step from the schedule now, after the state it reads has changed."""
-    for group, base_lr, lr_lambda in zip(
-        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-    ):
-        group["lr"] = base_lr * lr_lambda(scheduler.last_epoch)
-
-
 def _train_epoch(
-    step_module, model, train: TrainWindows, optimizer, scheduler, config: TrainConfig, epoch: int,
+    step_module, model, train: TrainWindows, optimizer: ModelOptimizer, config: TrainConfig, epoch: int,
     rank: int, world_size: int, device, state: TrainState, amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     model.train()
@@ -476,11 +474,9 @@ def _train_epoch(
             loss = step_module(input_ids, target_ids, hours, dows)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}, step {state.global_step}")
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer.step(config.grad_clip)
         state.global_step += 1
         n = int((target_ids != 0).sum())
         loss_sum += loss.detach().item() * n
@@ -492,7 +488,7 @@ def _train_epoch(
     return {
         "epoch": epoch,
         "train_loss": loss_sum / max(targets, 1.0),
-        "lr": scheduler.get_last_lr()[0],
+        "lr": optimizer.lr,
         "epoch_seconds": train_seconds,
         "train_seconds": train_seconds,
         "train_events_per_second": targets / max(train_seconds, 1e-9),

@@ -18,6 +18,8 @@ Both take the model's hidden states [..., D], the tied item table [V, D] and tar
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -135,15 +137,22 @@ class SampledSoftmaxLoss:
         self.q = (q / q.sum()).float()
         self.num_negatives = num_negatives
 
-    def __call__(self, hidden: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, hidden: torch.Tensor, item_table: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """`item_table` is the table [V, D], or a function ids -> its rows (a model's `item_rows`), so
+        that only the rows of the targets and the negatives are ever computed."""
         h, t = _select(hidden, targets)
         if t.numel() == 0:
             return hidden.sum() * 0.0
+        rows_of = item_table.__getitem__ if isinstance(item_table, torch.Tensor) else item_table
         q = self.q.to(h.device)
         neg = torch.multinomial(q, self.num_negatives, replacement=True)          # [K]
         log_expected = torch.log(q * self.num_negatives)                         # log-Q per track
-        pos_logit = (h * item_table[t]).sum(-1) - log_expected[t]                 # [N]
-        neg_logit = h @ item_table[neg].T - log_expected[neg][None, :]            # [N, K]
+        pos_rows, neg_rows = rows_of(torch.cat([t, neg])).split([len(t), len(neg)])
+        pos_logit = (h * pos_rows).sum(-1) - log_expected[t]                      # [N]
+        neg_logit = h @ neg_rows.T - log_expected[neg][None, :]                   # [N, K]
         # a sampled "negative" that is the target itself would be trained against: mask it
         neg_logit = neg_logit.float().masked_fill(neg[None, :] == t[:, None], float("-inf"))
         logits = torch.cat([pos_logit.float()[:, None], neg_logit], dim=1)

@@ -52,6 +52,8 @@ class TrainParams(StageParams):
     loss: str = param("auto", "auto (by catalog size) | ce (full softmax, chunked) | sampled (sampled softmax, "
                       "log-Q corrected)")
     num_negatives: int = param(2048, "negatives per batch for loss=sampled")
+    item_updates: str = param("auto", "auto (sparse from 100k tracks with loss=sampled) | dense | sparse (only "
+                              "the item-table rows a step used, lazy Adam)")
     label_smoothing: float = param(0.1, "defaults to LOSS_LABEL_SMOOTH", setting="LOSS_LABEL_SMOOTH")
     ce_chunk_mb: float = param(256.0, "loss=ce: MB of logits held at once (bounds peak memory)")
     precision: str = param("auto", "auto (bf16 where the hardware has it) | bf16 | fp32")
@@ -95,6 +97,7 @@ class TrainParams(StageParams):
             weight_decay=self.weight_decay,
             loss=self.loss,
             num_negatives=self.num_negatives,
+            item_updates=self.item_updates,
             label_smoothing=self.label_smoothing,
             ce_chunk_mb=self.ce_chunk_mb,
             precision=self.precision,
@@ -315,7 +318,8 @@ def run_train_stage(plan: TrainPlan) -> TrainOutcome:
                              fit_bonus=params.fit_repeat_bonus, seed=params.seed)
         final.update(mix.metrics())
     mlflow.log_metrics({k: float(v) for k, v in final.items()})
-    mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "precision", "device") if k in summary})
+    mlflow.set_tags({k: summary[k] for k in ("stop_reason", "loss", "item_updates", "precision", "device")
+                     if k in summary})
     mlflow.log_artifacts(str(checkpoint_dir), artifact_path="checkpoint")
     if history:
         png = plot_training_curves(

@@ -46,6 +46,7 @@ from playlistai.models import ModelConfig, build_model
 from playlistai.models.checkpoint import save_checkpoint
 from playlistai.training.loop import TrainConfig, fit, seed_everything
 from playlistai.training.losses import resolve_loss
+from playlistai.training.optim import resolve_item_updates
 from playlistai.training.precision import autocast_dtype
 from playlistai.training.windows import TrainWindows, window_file
 
@@ -306,6 +307,9 @@ def train_worker(cfg: dict) -> dict:
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
         "loss": resolve_loss(train_config.loss, model_config.vocab_size - 1),
+        "item_updates": resolve_item_updates(
+            train_config.item_updates, resolve_loss(train_config.loss, model_config.vocab_size - 1),
+            model_config.vocab_size - 1),
         "precision": "bf16" if autocast_dtype(train_config.precision, device) else "fp32",
         "device": device.type,
         "epochs_run": result.epochs_run,

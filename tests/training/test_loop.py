@@ -75,10 +75,8 @@ def test_early_stopping_keeps_the_best_epoch(tiny_training_data, run_fit, small_
     assert result.best_metrics["val_ndcg_at_10"] == max(scores)
 
 
-def test_resume_continues_where_the_run_stopped(tiny_training_data, run_fit, small_train_config):
-    config = small_train_config(epochs=3)
-    _, straight = run_fit(tiny_training_data, config)
-
+def _state_after_first_epoch(run_fit, data, config) -> dict:
+    """The resumable state a run saves after its first epoch, the run then interrupted."""
     saved = {}
 
     class Stop(Exception):
@@ -89,8 +87,15 @@ def test_resume_continues_where_the_run_stopped(tiny_training_data, run_fit, sma
         raise Stop
 
     with pytest.raises(Stop):
-        run_fit(tiny_training_data, config, on_epoch_end=stop_after_first_epoch)
+        run_fit(data, config, on_epoch_end=stop_after_first_epoch)
     assert saved["epoch"] == 1
+    return saved
+
+
+def test_resume_continues_where_the_run_stopped(tiny_training_data, run_fit, small_train_config):
+    config = small_train_config(epochs=3)
+    _, straight = run_fit(tiny_training_data, config)
+    saved = _state_after_first_epoch(run_fit, tiny_training_data, config)
 
     trained = []
     _, resumed = run_fit(tiny_training_data, config, resume_state=saved,
@@ -110,6 +115,20 @@ def test_resume_refuses_another_model(tiny_training_data, run_fit, small_train_c
         run_fit(tiny_training_data, small_train_config(epochs=2), family="gru4rec", resume_state=saved)
 
 
+def test_sparse_item_updates_learn_and_resume_exactly(tiny_training_data, run_fit, small_train_config):
+    config = small_train_config(epochs=3, loss="sampled", num_negatives=64, item_updates="sparse")
+    _, straight = run_fit(tiny_training_data, config)
+    assert straight.history[-1]["train_loss"] < straight.history[0]["train_loss"]
+    saved = _state_after_first_epoch(run_fit, tiny_training_data, config)
+    assert saved["item_optimizer"] is not None
+    _, resumed = run_fit(tiny_training_data, config, resume_state=saved)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    # a sparse run's state does not resume as a dense run
+    with pytest.raises(ValueError, match="item_updates=sparse"):
+        run_fit(tiny_training_data, small_train_config(epochs=3, loss="sampled", num_negatives=64,
+                                                       item_updates="dense"), resume_state=saved)
+
+
 def test_sampled_softmax_trains(tiny_training_data, run_fit, small_train_config):
     _, result = run_fit(tiny_training_data, small_train_config(epochs=2, loss="sampled", num_negatives=64))
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -117,6 +136,8 @@ def test_sampled_softmax_trains(tiny_training_data, run_fit, small_train_config)
 
 @pytest.mark.parametrize("kw, message", [(dict(epochs=-1), "epochs must be >= 1"),
                                          (dict(loss="bpr"), "loss must be one of"),
+                                         (dict(item_updates="lazy"), "item_updates must be one of"),
+                                         (dict(loss="ce", item_updates="sparse"), "needs loss=sampled"),
                                          (dict(precision="fp16"), "precision must be one of"),
                                          (dict(max_minutes=-1), "max_minutes must be >= 0"),
                                          (dict(patience=-2), "patience")])
