@@ -6,8 +6,9 @@ FAISS id i is vocabulary index i + 1 and no id map is needed.
 Which index: HNSW up to `HNSW_MAX_CATALOG` tracks (best recall per millisecond, no training, and
 memory is small at that size); IVF-Flat above it, where HNSW's graph and build time grow and a
 coarse quantizer partitions the catalog (nlist = 4 sqrt(N), the usual rule). The search breadth
-(`ef_search` or `nprobe`) is tuned at packaging time: raised until the raw FAISS top-20 overlaps
-the exact top-20 by at least `target_overlap` on held-out queries, then stored with the index.
+(`ef_search` or `nprobe`) is tuned at packaging time to the smallest that makes the raw FAISS
+top-20 overlap the exact top-20 by at least `target_overlap` on held-out queries, then stored
+with the index.
 """
 
 from __future__ import annotations
@@ -99,11 +100,18 @@ def search(index: faiss.Index, params: AnnParams, queries: np.ndarray, n_results
     return np.where(ids >= 0, ids + 1, 0).astype(np.int64)
 
 
-def exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    scores = np.asarray(queries, np.float32) @ np.asarray(items, np.float32).T
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return top + 1
+def exact_top(items: np.ndarray, queries: np.ndarray, k: int, chunk_bytes: int = 256 * 2**20) -> np.ndarray:
+    """Vocabulary indices [B, k] of each query's exact top k (unordered), a chunk of queries at a
+    time: 1,000 queries against a million tracks would be a 4 GB score matrix at once."""
+    items = np.asarray(items, np.float32)
+    queries = np.asarray(queries, np.float32)
+    k = min(k, len(items))
+    rows = max(1, chunk_bytes // (4 * max(1, len(items))))
+    tops = []
+    for start in range(0, len(queries), rows):
+        scores = queries[start : start + rows] @ items.T
+        tops.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(tops) + 1 if tops else np.zeros((0, k), np.int64)
 
 
 def mean_overlap(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -119,20 +127,34 @@ def tune(
     target_overlap: float = DEFAULT_TARGET_OVERLAP,
     k: int = OVERLAP_K,
 ) -> AnnParams:
-    """Double ef_search / nprobe until the top-k overlap with exact search reaches the target."""
+    """The smallest ef_search / nprobe (within an eighth) whose top-k overlaps exact search's by
+    `target_overlap`: doubled until it does, then bisected back between the last breadth that
+    missed and the first that met it. Doubling alone can leave the breadth, and so the search's
+    cost, up to twice what the target needs."""
     exact = exact_top(items, queries, k)
-    while True:
-        overlap = mean_overlap(search(index, params, queries, k), exact)
-        if overlap >= target_overlap:
-            break
-        if params.index_type == "hnsw":
-            if params.hnsw_ef_search >= params.catalog_size:
-                break
-            params.hnsw_ef_search = min(params.catalog_size, params.hnsw_ef_search * 2)
-        else:
-            if params.ivf_nprobe >= params.ivf_nlist:
-                break
-            params.ivf_nprobe = min(params.ivf_nlist, params.ivf_nprobe * 2)
+    name, limit = ("hnsw_ef_search", params.catalog_size) if params.index_type == "hnsw" else \
+        ("ivf_nprobe", params.ivf_nlist)
+
+    def overlap_at(breadth: int) -> float:
+        setattr(params, name, breadth)
+        return mean_overlap(search(index, params, queries, k), exact)
+
+    breadth, missed = getattr(params, name), None
+    overlap = overlap_at(breadth)
+    while overlap < target_overlap and breadth < limit:
+        missed, breadth = breadth, min(limit, breadth * 2)
+        overlap = overlap_at(breadth)
+    if overlap >= target_overlap and missed is not None:
+        met, met_overlap = breadth, overlap
+        while met - missed > max(1, missed // 8):
+            middle = (missed + met) // 2
+            middle_overlap = overlap_at(middle)
+            if middle_overlap >= target_overlap:
+                met, met_overlap = middle, middle_overlap
+            else:
+                missed = middle
+        breadth, overlap = met, met_overlap
+    setattr(params, name, breadth)
     params.target_overlap = target_overlap
     params.overlap_at_20 = overlap
     params.overlap_queries = len(queries)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,33 @@ def test_inference_ivf_index_reaches_target_overlap(recommender):
     params = ann_lib.tune(index, params, items, queries, target_overlap=0.95)
     assert params.index_type == "ivf" and params.ivf_nlist >= 1
     assert ann_lib.mean_overlap(ann_lib.search(index, params, queries, 20), ann_lib.exact_top(items, queries, 20)) >= 0.95
+
+
+@pytest.mark.parametrize("index_type, breadth, target", [("ivf", "ivf_nprobe", 0.9),
+                                                         ("hnsw", "hnsw_ef_search", 0.995)])
+def test_tuning_settles_on_the_smallest_breadth_that_meets_the_target(index_type, breadth, target):
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((6000, 32)).astype(np.float32)
+    queries = rng.standard_normal((300, 32)).astype(np.float32)
+    exact = ann_lib.exact_top(items, queries, 20)
+    index, params = ann_lib.build_index(items, index_type)
+    start = getattr(params, breadth)
+    params = ann_lib.tune(index, params, items, queries, target_overlap=target)
+    tuned = getattr(params, breadth)
+    assert tuned > start and params.overlap_at_20 >= target
+    assert ann_lib.mean_overlap(ann_lib.search(index, params, queries, 20), exact) == params.overlap_at_20
+    # an eighth narrower misses the target: the doubling's overshoot was bisected away
+    narrower = dataclasses.replace(params, **{breadth: max(1, tuned * 8 // 9 - 1)})
+    assert ann_lib.mean_overlap(ann_lib.search(index, narrower, queries, 20), exact) < target
+
+
+def test_exact_top_in_chunks_is_the_exact_top():
+    rng = np.random.default_rng(0)
+    items, queries = rng.standard_normal((500, 8)).astype(np.float32), rng.standard_normal((37, 8)).astype(np.float32)
+    whole = np.sort(ann_lib.exact_top(items, queries, 5), axis=1)
+    chunked = np.sort(ann_lib.exact_top(items, queries, 5, chunk_bytes=4 * 500 * 3), axis=1)   # 3 queries a chunk
+    assert np.array_equal(whole, chunked)
+    assert np.array_equal(whole, np.sort(np.argsort(-(queries @ items.T), axis=1)[:, :5] + 1, axis=1))
 
 
 def test_inference_rejects_bad_requests(recommender):
