@@ -17,6 +17,7 @@ cannot start (an unknown entry point, a malformed -P, a bad tracking URI) is 2 w
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from playlistai.cli import run_cli
@@ -48,6 +49,9 @@ def launch(argv: list[str] | None = None) -> int:
 
     try:
         params = parse_params(args.param_list)
+        # the MLproject's commands say `python`: let that be this interpreter, as in an activated
+        # environment, so `.venv/bin/python -m playlistai.launch` needs no `source .venv/bin/activate`
+        os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
         experiment_id = configure_mlflow(get_settings())
         mlflow.projects.run(args.uri, entry_point=args.entry_point, parameters=params, env_manager="local",
                             experiment_id=experiment_id, synchronous=True)

@@ -202,6 +202,16 @@ def test_the_launcher_fails_as_mlflow_run_does(clone):
     assert run.info.status == "FAILED" and run.data.tags["mlflow.project.entryPoint"] == "data"
 
 
+def test_the_launcher_runs_its_stage_with_its_own_interpreter(clone):
+    """`.venv/bin/python -m playlistai.launch` from a shell where the environment is not activated:
+    the stage's `python` is the launcher's, not whichever `python` comes first on PATH."""
+    env = {**bare_env(), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "playlistai.launch", ".", "-e", "data", "-P", "size=tiny"],
+                          cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert stage_lines(proc, "data") and "Traceback" not in proc.stderr
+
+
 def test_an_interrupted_launch_stops_its_stage_and_says_so(clone):
     """Ctrl-C (SIGINT to the launcher): the stage is stopped, its run marked FAILED, one line, status 130."""
     # as from a terminal: a shell that runs this suite in the background (CI) hands its children
