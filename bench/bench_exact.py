@@ -1,6 +1,7 @@
-"""Exact scoring with the item table in float32 vs bfloat16 (`make bench-exact`), in-process.
+"""Exact scoring by the item table's dtype (float32, bfloat16) and layout (rows [V, D], columns
+[D, V]) (`make bench-exact`), in-process.
 
-    python bench/bench_exact.py [--rows 6000,140000,1000000] [--dims 64,256] [--calls 300] [--threads 1]
+    python bench/bench_exact.py [--rows 6000,140000,1000000] [--dims 64,128,256] [--calls 300] [--threads 1]
 
 What is timed is the exact path's scoring of one request (playlistai/inference/item_table.py, the
 product's own class): the matrix product of one query with the item table, float32 scores, PAD
@@ -8,13 +9,11 @@ masked, the top 20. The variants run call by call in turn, on the same queries, 
 whose load changes during the run slows them alike; compare the ratios of one run, not the
 milliseconds of different runs.
 
-- float32: the table as the Recommender stores it by default;
-- bfloat16: ITEM_TABLE_DTYPE=bfloat16: the product in bfloat16, its [1, V] result made float32
-  (the repeat bonus, votes and masks are added in float32);
-- bf16, no upcast: the same product with the top 20 taken on the bfloat16 result, which the product
-  does not do: what the float32 copy of the scores costs;
-- fp32 [D, V]: the float32 table stored transposed, which the product does not do either: whether
-  the float32 product's speed depends on the layout the BLAS is handed.
+- fp32 rows / fp32 columns: the float32 table (the default ITEM_TABLE_DTYPE) as [V, D] or [D, V];
+- bf16 rows / bf16 columns: ITEM_TABLE_DTYPE=bfloat16: the product in bfloat16, its [1, V] result
+  made float32 (the repeat bonus, votes and masks are added in float32);
+- auto: which layout the product's `ItemTable(layout="auto")` chose for each dtype, timing both
+  when the table was built (what a serving process does at load).
 
 The tables are random but shaped like a trained cosine model's (the train stage's default,
 cosine_scale 16): unit rows grouped in clusters of ~50 tracks (an artist, a genre), queries of
@@ -49,7 +48,7 @@ K = 20
 COSINE_SCALE = 16.0          # the train stage's default
 CLUSTER_SIZE = 50
 HISTORY = 5
-VARIANTS = ("float32", "bfloat16", "bf16, no upcast", "fp32 [D, V]")
+VARIANTS = ("fp32 rows", "fp32 columns", "bf16 rows", "bf16 columns")
 
 
 def log(message: str) -> None:
@@ -85,15 +84,11 @@ def measure(rows: int, dims: int, calls: int, warmup: int, seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     items = item_table(rows, dims, generator)
     asked = queries(items, calls + warmup, generator)
-    tables = {"float32": ItemTable(items, "float32"), "bfloat16": ItemTable(items, "bfloat16")}
-    transposed = items.T.contiguous()
+    chosen = {dtype: ItemTable(items, dtype).layout for dtype in ("float32", "bfloat16")}
+    tables = {f"{short} {layout}": ItemTable(items, dtype, layout)
+              for short, dtype in (("fp32", "float32"), ("bf16", "bfloat16")) for layout in ("rows", "columns")}
     del items
-    scorers = {
-        "float32": lambda q: top_k(tables["float32"].scores(q)),
-        "bfloat16": lambda q: top_k(tables["bfloat16"].scores(q)),
-        "bf16, no upcast": lambda q: top_k(q.to(torch.bfloat16) @ tables["bfloat16"].weights.T),
-        "fp32 [D, V]": lambda q: top_k(q @ transposed),
-    }
+    scorers = {name: (lambda q, table=table: top_k(table.scores(q))) for name, table in tables.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     tops: dict[str, list[set[int]]] = {name: [] for name in VARIANTS}
     with torch.inference_mode():
@@ -106,14 +101,16 @@ def measure(rows: int, dims: int, calls: int, warmup: int, seed: int) -> dict:
                 if call >= warmup:
                     times[name].append(elapsed)
                     tops[name].append(set(top.tolist()))
-    overlap = [len(a & b) / K for a, b in zip(tops["float32"], tops["bfloat16"], strict=True)]
-    result = {"rows": rows, "dims": dims, "calls": calls,
+    overlap = [len(a & b) / K for a, b in zip(tops["fp32 rows"], tops["bf16 rows"], strict=True)]
+    result = {"rows": rows, "dims": dims, "calls": calls, "auto": chosen,
               "mb": {name: len(t) * dims * t.weights.element_size() / 2**20 for name, t in tables.items()},
               "overlap_mean": statistics.fmean(overlap), "overlap_min": min(overlap)}
     for name in VARIANTS:
         ordered = sorted(times[name])
         result[name] = {"p50_ms": statistics.median(ordered), "p90_ms": ordered[int(0.9 * (len(ordered) - 1))]}
-    result["speedup_p50"] = result["float32"]["p50_ms"] / result["bfloat16"]["p50_ms"]
+    fastest = {short: min(result[f"{short} rows"]["p50_ms"], result[f"{short} columns"]["p50_ms"])
+               for short in ("fp32", "bf16")}
+    result["fp32_rows_over_fastest"] = result["fp32 rows"]["p50_ms"] / min(fastest.values())
     return result
 
 
@@ -132,23 +129,22 @@ def machine() -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| rows x dims | table MB fp32 / bf16 | fp32 p50 (p90) ms | bf16 p50 (p90) ms | fp32 / bf16 (p50) "
-             "| top-20 overlap, mean (min) | bf16, no upcast p50 ms | fp32 [D, V] p50 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| rows x dims | table MB fp32 / bf16 | " + " | ".join(f"{v} p50 (p90) ms" for v in VARIANTS)
+             + " | auto chose (fp32, bf16) | fp32 rows / fastest | bf16 top-20 overlap, mean (min) |",
+             "| --- | --- | " + " | ".join("---" for _ in VARIANTS) + " | --- | --- | --- |"]
     for r in results:
         lines.append(
-            f"| {r['rows']:,} x {r['dims']} | {r['mb']['float32']:,.0f} / {r['mb']['bfloat16']:,.0f} "
-            f"| {r['float32']['p50_ms']:.3f} ({r['float32']['p90_ms']:.3f}) "
-            f"| {r['bfloat16']['p50_ms']:.3f} ({r['bfloat16']['p90_ms']:.3f}) | {r['speedup_p50']:.2f}x "
-            f"| {r['overlap_mean']:.3f} ({r['overlap_min']:.2f}) "
-            f"| {r['bf16, no upcast']['p50_ms']:.3f} | {r['fp32 [D, V]']['p50_ms']:.3f} |")
+            f"| {r['rows']:,} x {r['dims']} | {r['mb']['fp32 rows']:,.0f} / {r['mb']['bf16 rows']:,.0f} | "
+            + " | ".join(f"{r[v]['p50_ms']:.3f} ({r[v]['p90_ms']:.3f})" for v in VARIANTS)
+            + f" | {r['auto']['float32']}, {r['auto']['bfloat16']} | {r['fp32_rows_over_fastest']:.2f}x "
+            f"| {r['overlap_mean']:.3f} ({r['overlap_min']:.2f}) |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="6000,140000,1000000", help="catalog sizes")
-    parser.add_argument("--dims", default="64,256", help="embedding sizes")
+    parser.add_argument("--dims", default="64,128,256", help="embedding sizes")
     parser.add_argument("--calls", type=int, default=300, help="measured calls per variant and size")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the API's TORCH_THREADS default: 1)")
