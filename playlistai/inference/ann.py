@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,6 +160,18 @@ def tune(
     params.overlap_at_20 = overlap
     params.overlap_queries = len(queries)
     return params
+
+
+def stored_vectors(index: faiss.Index) -> Callable[[np.ndarray], np.ndarray]:
+    """FAISS ids -> the vectors the index stores for them [n, D] float32, read from the index
+    itself (no second copy of the table): HNSW's flat storage in place, IVF's lists through a
+    direct map (8 bytes a vector). What the ANN path re-ranks its candidates with."""
+    if isinstance(index, faiss.IndexHNSWFlat):
+        storage = faiss.downcast_index(index.storage)
+        table = faiss.rev_swig_ptr(storage.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+        return lambda ids, owner=index: table[ids]      # `owner` keeps the memory `table` reads alive
+    faiss.extract_index_ivf(index).make_direct_map()
+    return index.reconstruct_batch
 
 
 def save(index: faiss.Index, params: AnnParams, index_path: Path, params_path: Path) -> None:

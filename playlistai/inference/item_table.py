@@ -57,12 +57,6 @@ class ItemTable:
         # the product in the table's dtype (what makes bfloat16 fast), its result made float32
         return _product(queries.to(self.dtype), self.weights, self.layout).float()
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """The vectors of `ids` (any shape) as float32 [..., D]: the ANN path re-scores a few hundred."""
-        if self.layout == "rows":
-            return self.weights[ids].float()
-        return self.weights[:, ids].movedim(0, -1).float()
-
 
 def _product(queries: torch.Tensor, weights: torch.Tensor, layout: str) -> torch.Tensor:
     return queries @ weights.T if layout == "rows" else queries @ weights

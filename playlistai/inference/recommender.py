@@ -104,6 +104,9 @@ class Recommender:
         self.model_version = model_version
         self.package_dir = package_dir
         self.ann_index = ann_index
+        # the ANN path re-ranks with the vectors the index stores: the item table's own layout may be
+        # columns [D, V], where gathering a few hundred rows is slow
+        self._ann_vectors = ann_lib.stored_vectors(ann_index) if ann_index is not None else None
         self.ann_params = ann_params
         self.max_seq_len = int(model.config.max_seq_len)
         with torch.inference_mode():
@@ -352,7 +355,9 @@ class Recommender:
         out: list[list | None] = []
         with torch.inference_mode():
             cand = torch.from_numpy(candidates)
-            scores = torch.einsum("bcd,bd->bc", self._items.rows(cand), queries)
+            # FAISS id = vocabulary index - 1; PAD (0) reads row 0 and is masked just below
+            vectors = self._ann_vectors(np.maximum(candidates - 1, 0).reshape(-1))
+            scores = torch.einsum("bcd,bd->bc", torch.from_numpy(vectors).view(*candidates.shape, -1), queries)
             scores[cand == PAD] = NEG_INF
             for row in range(len(ks)):
                 if len(seen[row]):
