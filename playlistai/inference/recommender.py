@@ -317,19 +317,13 @@ class Recommender:
         empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         if not self.model.mixes_neighbours:
             return [empty] * len(known)
-        neighbours, weight = self.model.neighbours, float(self.model.neighbour_weight)
-        width = neighbours.recent_items or self.max_seq_len
-        histories = np.zeros((len(known), width), dtype=np.int64)
-        for row, items in enumerate(known):
-            tail = items[-width:]
-            histories[row, width - len(tail):] = tail
-        votes = neighbours.scaled_votes_sparse(histories)
+        neighbours, weight = self.model.neighbours, np.float32(float(self.model.neighbour_weight))
         out = []
-        for row in range(len(known)):
-            lo, hi = votes.indptr[row], votes.indptr[row + 1]
-            tracks, values = votes.indices[lo:hi].astype(np.int64), votes.data[lo:hi] * np.float32(weight)
+        for row, items in enumerate(known):
+            # the tracks the model reads (the neighbours look at fewer still)
+            tracks, values = neighbours.scaled_votes_of_one(items[-self.max_seq_len:])
             keep = ~np.isin(tracks, seen[row])
-            out.append((tracks[keep], values[keep].astype(np.float32)))
+            out.append((tracks[keep], (values[keep] * weight).astype(np.float32)))
         return out
 
     def _ann_answers(self, queries, ks, seen, lifted, voted, max_per_artist, ann_candidates) -> list[list | None]:

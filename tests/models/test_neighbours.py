@@ -115,3 +115,25 @@ def test_bad_settings_are_refused_by_the_neighbours_and_the_sknn_baseline_alike(
         SessionNeighbours.fit(_sessions(10), V, k=k, recent_items=recent_items)
     with pytest.raises(ValueError, match=message):
         SessionKNN(k=k, recent_items=recent_items)
+
+
+@pytest.mark.parametrize("k, recent_items, share", [(7, 3, 0.0), (20, 3, 0.7), (5, None, 1.3), (400, 2, 0.0)])
+def test_the_one_row_path_gives_the_batched_votes_bit_for_bit(k, recent_items, share):
+    """What the API computes per request (`scaled_votes_of_one`) is what evaluation computes in
+    batches (`scaled_votes_sparse`): the same tracks and the same float32 values, so the same ranks."""
+    sessions = _sessions(500, seed=3)
+    neighbours = SessionNeighbours.fit(sessions, V, k=k, recent_items=recent_items, with_transitions=True)
+    neighbours.transition_share = share
+    rng = np.random.default_rng(4)
+    histories = rng.integers(1, 15, size=(80, 6))
+    histories[:20, :4] = 0                            # short histories, left-padded
+    histories[20] = 0                                 # no history
+    histories[21, -3:] = histories[21, -1]            # one track three times
+    histories[22, -1] = 40                            # a track no session holds
+    batched = neighbours.scaled_votes_sparse(histories)
+    for row, history in enumerate(histories):
+        tracks, values = neighbours.scaled_votes_of_one(history[history != 0])
+        lo, hi = batched.indptr[row], batched.indptr[row + 1]
+        np.testing.assert_array_equal(tracks, batched.indices[lo:hi])
+        assert values.dtype == np.float32
+        np.testing.assert_array_equal(values, batched.data[lo:hi])
