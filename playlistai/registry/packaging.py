@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from playlistai.data.sequences import encode_sessions, load_split, next_track_cases
+from playlistai.data.sequences import load_split, next_track_cases, tail_sessions
 from playlistai.inference import ann as ann_lib
 from playlistai.inference.features import (
     DEFAULT_SAMPLE_SIZE,
@@ -35,12 +35,15 @@ from playlistai.inference.popularity import DEFAULT_SMOOTHING, ContextPopularity
 from playlistai.models.checkpoint import CONFIG_FILE, MODEL_FILE, NEIGHBOURS_FILE, VOCAB_FILE, load_checkpoint
 
 TUNING_QUERIES = 1000
+TUNING_SESSIONS = 20_000
 
 
 def tuning_queries(model, vocab, data_dir: Path, max_queries: int = TUNING_QUERIES, seed: int = 0) -> np.ndarray:
-    """Query vectors of up to `max_queries` validation cases (training cases if validation has none)."""
+    """Query vectors of up to `max_queries` cases of the most recent TUNING_SESSIONS validation
+    sessions (training sessions if validation has none): reading every validation case of a log of
+    millions of sessions would cost the packaging minutes and gigabytes for a thousand queries."""
     for split in ("val", "train"):
-        cases = next_track_cases(encode_sessions(load_split(data_dir, split), vocab), model.config.max_seq_len)
+        cases = next_track_cases(tail_sessions(data_dir, split, vocab, TUNING_SESSIONS), model.config.max_seq_len)
         if len(cases):
             break
     rows = np.random.default_rng(seed).permutation(len(cases))[:max_queries]

@@ -50,3 +50,17 @@ def test_inference_popularity_table_is_a_distribution_per_hour(tiny_package):
     assert table.shape[0] == 24
     assert np.allclose(table.sum(axis=1), 1.0)
     assert (table[:, 0] == 0).all()
+
+
+def test_the_index_is_tuned_on_the_most_recent_validation_sessions(tiny_checkpoint, tiny_data_dir, monkeypatch):
+    from playlistai.data.sequences import encode_sessions, load_split, next_track_cases
+    from playlistai.models.checkpoint import load_checkpoint
+    from playlistai.registry import packaging
+
+    model, vocab, _ = load_checkpoint(tiny_checkpoint)
+    sessions = encode_sessions(load_split(tiny_data_dir, "val"), vocab)
+    every_case = next_track_cases(sessions, model.config.max_seq_len)
+    monkeypatch.setattr(packaging, "TUNING_SESSIONS", 7)
+    queries = packaging.tuning_queries(model, vocab, tiny_data_dir, max_queries=len(every_case))
+    last_sessions = every_case.session_index >= len(sessions.items) - 7
+    assert 0 < len(queries) == int(last_sessions.sum()) < len(every_case)
