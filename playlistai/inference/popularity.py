@@ -10,6 +10,7 @@ thin hour never serves a handful of accidental tracks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,16 @@ class ContextPopularity:
         return table
 
     @classmethod
-    def from_events(cls, events: pd.DataFrame, vocab: Vocabulary, smoothing: float = DEFAULT_SMOOTHING):
-        """Count the plays of vocabulary tracks per hour (`events` has `track_id` and `hour`)."""
-        idx = vocab.encode(events["track_id"].astype(str).tolist())
-        hours = events["hour"].to_numpy().astype(np.int64)
-        known = idx != PAD
-        flat = np.bincount(hours[known] * vocab.size + idx[known], minlength=N_HOURS * vocab.size)
+    def from_events(cls, events: pd.DataFrame | Iterable[pd.DataFrame], vocab: Vocabulary,
+                    smoothing: float = DEFAULT_SMOOTHING):
+        """Count the plays of vocabulary tracks per hour (`events` has `track_id` and `hour`): one
+        frame, or frames read one at a time (a split streamed: memory for one frame, not the log)."""
+        flat = np.zeros(N_HOURS * vocab.size, dtype=np.int64)
+        for frame in [events] if isinstance(events, pd.DataFrame) else events:
+            idx = vocab.encode(frame["track_id"].astype(str).tolist())
+            hours = frame["hour"].to_numpy().astype(np.int64)
+            known = idx != PAD
+            flat += np.bincount(hours[known] * vocab.size + idx[known], minlength=N_HOURS * vocab.size)
         return cls(flat.reshape(N_HOURS, vocab.size), vocab.popularity(), smoothing)
 
     def save(self, path: Path) -> None:

@@ -13,9 +13,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from playlistai.data.sequences import load_split, next_track_cases, tail_sessions
+from playlistai.data.layout import DataLayout
+from playlistai.data.sequences import SPLIT_BATCH_ROWS, next_track_cases, split_in_batches, tail_sessions
 from playlistai.inference import ann as ann_lib
 from playlistai.inference.features import (
     DEFAULT_SAMPLE_SIZE,
@@ -36,6 +38,8 @@ from playlistai.models.checkpoint import CONFIG_FILE, MODEL_FILE, NEIGHBOURS_FIL
 
 TUNING_QUERIES = 1000
 TUNING_SESSIONS = 20_000
+TRAIN_COLUMNS = ["session_id", "pos", "track_id", "hour", "dow", "is_target"]
+TRAIN_BATCH_ROWS = SPLIT_BATCH_ROWS
 
 
 def tuning_queries(model, vocab, data_dir: Path, max_queries: int = TUNING_QUERIES, seed: int = 0) -> np.ndarray:
@@ -79,9 +83,19 @@ def build_package(
     params = ann_lib.tune(index, params, items, tuning_queries(model, vocab, data_dir), target_overlap)
     ann_lib.save(index, params, out_dir / ANN_INDEX_FILE, out_dir / ANN_PARAMS_FILE)
 
-    train = load_split(data_dir, "train")
-    ContextPopularity.from_events(train, vocab, popularity_smoothing).save(out_dir / POPULARITY_FILE)
-    features = training_case_features(train, vocab)
+    # the training split streamed in frames of whole sessions, read once for both: a log of tens of
+    # millions of plays held in pandas at once took more than 20 GB
+    feature_frames = []
+    layout = DataLayout.of(data_dir)
+    train_path = layout.require(layout.split("train"), "splits")
+
+    def frames():
+        for frame in split_in_batches(train_path, columns=TRAIN_COLUMNS, batch_rows=TRAIN_BATCH_ROWS):
+            feature_frames.append(training_case_features(frame, vocab))
+            yield frame
+
+    ContextPopularity.from_events(frames(), vocab, popularity_smoothing).save(out_dir / POPULARITY_FILE)
+    features = pd.concat(feature_frames, ignore_index=True) if feature_frames else pd.DataFrame()
     if len(features) == 0:
         raise ValueError(f"the training split of {data_dir} has no next-track case: no drift reference")
     stats, sample = reference_statistics(features, drift_sample_size)

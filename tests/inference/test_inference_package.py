@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -64,3 +65,24 @@ def test_the_index_is_tuned_on_the_most_recent_validation_sessions(tiny_checkpoi
     queries = packaging.tuning_queries(model, vocab, tiny_data_dir, max_queries=len(every_case))
     last_sessions = every_case.session_index >= len(sessions.items) - 7
     assert 0 < len(queries) == int(last_sessions.sum()) < len(every_case)
+
+
+def test_the_training_split_streamed_gives_the_popularity_and_drift_reference_of_the_whole(
+        tiny_checkpoint, tiny_data_dir, tmp_path, monkeypatch):
+    """Packaging reads the training split in frames of whole sessions; what it writes is what the
+    whole split in one frame gives."""
+    from playlistai.data.sequences import load_split, load_vocab
+    from playlistai.inference.features import reference_statistics, training_case_features
+    from playlistai.registry import packaging
+
+    monkeypatch.setattr(packaging, "TRAIN_BATCH_ROWS", 500)          # tiny's split in about twenty frames
+    packaging.build_package(tiny_checkpoint, tiny_data_dir, tmp_path)
+    train, vocab = load_split(tiny_data_dir, "train"), load_vocab(tiny_data_dir)
+    whole = ContextPopularity.from_events(train, vocab)
+    streamed = ContextPopularity.load(tmp_path / "popularity.npz")
+    assert np.array_equal(streamed.hour_counts, whole.hour_counts) and streamed.hour_counts.sum() > 0
+    stats, sample = reference_statistics(training_case_features(train, vocab))
+    assert json.loads((tmp_path / "drift_reference.json").read_text()) == json.loads(json.dumps(stats))
+    with np.load(tmp_path / "drift_reference.npz") as saved:
+        assert set(saved.files) == set(sample)
+        assert all(np.array_equal(saved[name], sample[name], equal_nan=True) for name in sample)
