@@ -9,6 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
+# imported here, once, by the master as it reads this file: `child_exit` runs in its SIGCHLD handler,
+# and an import there can be interrupted by the next worker's exit, which then finds the module half
+# initialised (ImportError: the master died with status 1 on SIGTERM under load)
+from prometheus_client import multiprocess
+
 from playlistai.config import get_settings
 
 _settings = get_settings()
@@ -39,6 +44,4 @@ def on_starting(server):
 
 def child_exit(server, worker):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(worker.pid)

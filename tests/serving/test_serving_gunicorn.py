@@ -234,3 +234,13 @@ def test_make_api_serves_with_two_workers_and_metrics_count_both(tiny_registry, 
             os.killpg(make.pid, signal.SIGKILL)
             make.wait(timeout=10)
     assert not list(tmp_path.glob("playlistai-metrics*")), "make api left its metrics folder behind"
+
+
+def test_the_masters_worker_exit_hook_imports_nothing():
+    """`child_exit` runs in the master's SIGCHLD handler: an import there, interrupted by the next
+    worker's exit, leaves the module half initialised and the master dies (seen under load)."""
+    import dis
+    import runpy
+
+    conf = runpy.run_path(str(REPO / "serving" / "gunicorn_conf.py"))
+    assert not [i for i in dis.get_instructions(conf["child_exit"]) if i.opname in ("IMPORT_NAME", "IMPORT_FROM")]
