@@ -31,7 +31,7 @@ AUTO_LAYOUT_FROM = 20_000
 
 
 class ItemTable:
-    """Item vectors (row 0 is PAD) stored in one dtype and layout; scores and rows come out float32."""
+    """Item vectors (row 0 is PAD) stored in one dtype and layout; scores come out float32."""
 
     def __init__(self, items: torch.Tensor, dtype: str = "float32", layout: str = "auto") -> None:
         if dtype not in ITEM_TABLE_DTYPES:

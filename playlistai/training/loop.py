@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from playlistai.data.sequences import NextTrackCases, case_sample
 from playlistai.evaluation.evaluator import evaluate_next_track, rows_per_score_batch
 from playlistai.models import SequenceRecommender
-from playlistai.training.losses import LOSSES, SampledSoftmaxLoss, make_loss, resolve_loss
+from playlistai.training.losses import LOSSES, SampledSoftmaxLoss, make_loss
 from playlistai.training.optim import ITEM_UPDATES, ModelOptimizer, resolve_item_updates
 from playlistai.training.precision import PRECISIONS, autocast_dtype
 from playlistai.training.score_terms import collect_evidence, fit_terms
@@ -341,9 +341,7 @@ def fit(
         chunk_mb=config.ce_chunk_mb,
         compute_dtype=amp_dtype or torch.float32,
     )
-    item_updates = resolve_item_updates(
-        config.item_updates, resolve_loss(config.loss, model.config.vocab_size - 1), model.config.vocab_size - 1
-    )
+    item_updates = resolve_item_updates(config.item_updates, config.loss, model.config.vocab_size - 1)
     # set before DDP wraps the model: it registers its gradient hooks for what the model is then
     model.item_emb.sparse = item_updates == "sparse"
     step_module: nn.Module = _LossStep(model, loss_fn)

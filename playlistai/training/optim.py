@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from playlistai.training.losses import resolve_loss
+
 ITEM_UPDATES = ("auto", "dense", "sparse")
 # catalog size (tracks) from which `item_updates=auto` updates only the rows a step used
 AUTO_SPARSE_FROM = 100_000
@@ -28,7 +30,8 @@ BETAS = (0.9, 0.98)
 
 
 def resolve_item_updates(name: str, loss: str, catalog_size: int) -> str:
-    """`auto` -> 'dense' or 'sparse' for `loss` (already resolved) on `catalog_size` tracks."""
+    """`auto` -> 'dense' or 'sparse' for `loss` (`auto` included) on `catalog_size` tracks."""
+    loss = resolve_loss(loss, catalog_size)
     if name == "sparse" and loss != "sampled":
         raise ValueError(f"item_updates=sparse needs loss=sampled (loss {loss!r} scores every track at every step)")
     if name != "auto":

@@ -307,9 +307,7 @@ def train_worker(cfg: dict) -> dict:
         "stopped_early": result.stopped_early,
         "stop_reason": result.stop_reason,
         "loss": resolve_loss(train_config.loss, model_config.vocab_size - 1),
-        "item_updates": resolve_item_updates(
-            train_config.item_updates, resolve_loss(train_config.loss, model_config.vocab_size - 1),
-            model_config.vocab_size - 1),
+        "item_updates": resolve_item_updates(train_config.item_updates, train_config.loss, model_config.vocab_size - 1),
         "precision": "bf16" if autocast_dtype(train_config.precision, device) else "fp32",
         "device": device.type,
         "epochs_run": result.epochs_run,
