@@ -31,13 +31,15 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """`attn_mask` [B, 1, L, L] (True: may attend), or None for plain causal attention."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
         # [B, L, D] -> [B, heads, L, D/heads]
         q, k, v = (t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, L, D)
         return self.resid_dropout(self.proj(y))
@@ -64,7 +66,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -105,12 +107,16 @@ class SASRec(SequenceRecommender):
         real = input_ids != 0
         pos = (real.long().cumsum(dim=1) - 1).clamp(min=0)
         x = self.drop(self.item_emb(input_ids) + self.pos_emb(pos))
-        # query i may attend key j when j <= i and j is a real track; a padded query attends to
-        # itself only, so its softmax never sees an empty row (its output is never scored)
-        causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
-        eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
-        attn_mask = (causal & real[:, None, :]) | eye
-        attn_mask = attn_mask[:, None, :, :]                 # broadcast over heads
+        attn_mask = None
+        if not bool(real.all()):
+            # query i may attend key j when j <= i and j is a real track; a padded query attends to
+            # itself only, so its softmax never sees an empty row (its output is never scored)
+            causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
+            eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
+            attn_mask = (causal & real[:, None, :]) | eye
+            attn_mask = attn_mask[:, None, :, :]                 # broadcast over heads
+        # else no padding (a served history, its left padding trimmed): plain causal attention,
+        # SDPA's own causal kernel, and no mask built per request
         for block in self.blocks:
             x = block(x, attn_mask)
         return self.query_vectors(self.context(self.ln_f(x), hours, dows))

@@ -127,6 +127,12 @@ def test_padding_never_changes_the_output(family):
     # and a short history scores the same alone or in a batch with longer ones
     alone = model.score_batch(ids[:1, 3:], hours[:1, -1], dows[:1, -1])
     torch.testing.assert_close(alone, model.score_batch(ids, hours[:, -1], dows[:, -1])[:1], rtol=0, atol=1e-5)
+    # a history without padding (a served one, trimmed) attends through SDPA's causal kernel, a
+    # padded one through the mask: the same outputs
+    row, row_hours, row_dows = (x[1:2, -6:] for x in (ids, hours, dows))
+    assert bool((row != 0).all())
+    torch.testing.assert_close(model(pad(row, 3), pad(row_hours, 3), pad(row_dows, 3))[:, 3:],
+                               model(row, row_hours, row_dows), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
