@@ -13,6 +13,7 @@ from entrypoints.common import as_int, cli_errors, echo_next, ui_command
 from entrypoints.params import Received, options, parse
 from playlistai.cli import run_cli
 from playlistai.config import get_settings
+from playlistai.inference.ann import INDEX_TYPES as ANN_INDEX_TYPES
 from playlistai.registry.promotion import PROMOTE_MODES
 from playlistai.registry.stage import RegisterParams, run_register
 from playlistai.tracking import run_location, stage_run
@@ -29,8 +30,8 @@ def main(received: Received) -> None:
         promote = p.promote.strip().lower()
         if promote not in PROMOTE_MODES:
             raise ValueError(f"promote: expected one of {', '.join(PROMOTE_MODES)}, got {promote!r}")
-        if p.ann_index not in ("auto", "hnsw", "ivf"):
-            raise ValueError(f"ann_index: expected auto, hnsw or ivf, got {p.ann_index!r}")
+        if p.ann_index not in ("auto", *ANN_INDEX_TYPES):
+            raise ValueError(f"ann_index: expected auto, {', '.join(ANN_INDEX_TYPES)}, got {p.ann_index!r}")
         if not 0 < p.confidence < 1:
             raise ValueError(f"confidence: expected a value in (0, 1), got {p.confidence}")
         if not 0 < p.target_overlap <= 1:

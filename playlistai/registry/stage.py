@@ -25,6 +25,7 @@ import mlflow
 import playlistai
 from playlistai.config import get_settings
 from playlistai.data.layout import DataLayout
+from playlistai.inference.ann import DEFAULT_TARGET_OVERLAP
 from playlistai.model_ref import ModelRef
 from playlistai.models.checkpoint import find_checkpoint_dir
 from playlistai.params import StageParams, param
@@ -49,8 +50,8 @@ class RegisterParams(StageParams):
     n_resamples: int = param(1000, "bootstrap resamples of the gate", minimum=10)
     confidence: float = param(0.95, "confidence of the gate's interval")
     seed: int = param(0, minimum=0)
-    ann_index: str = param("auto", "auto | hnsw | ivf")
-    target_overlap: float = param(0.98, "FAISS top-20 vs exact top-20 overlap to tune for")
+    ann_index: str = param("auto", "auto | hnsw | ivf | ivfpq")
+    target_overlap: float = param(DEFAULT_TARGET_OVERLAP, "FAISS top-20 vs exact top-20 overlap to tune for")
 
 
 def fetch_checkpoint(run_id: str, model_uri: str, dst: Path) -> Path:
@@ -90,7 +91,7 @@ def run_register(
     confidence: float = 0.95,
     seed: int = 0,
     ann_index: str = "auto",
-    target_overlap: float = 0.98,
+    target_overlap: float = DEFAULT_TARGET_OVERLAP,
     model_name: str | None = None,
     alias: str | None = None,
 ) -> dict:

@@ -98,13 +98,41 @@ def test_inference_batch_equals_single_requests(recommender, test_requests):
 def test_inference_ann_top20_overlaps_exact(recommender, test_requests):
     """The packaged FAISS index (params tuned and logged at packaging) agrees with exact search."""
     params = recommender.ann_params
-    assert params.overlap_at_20 >= 0.95 and params.index_type in ("hnsw", "ivf")
+    assert params.overlap_at_20 >= 0.95 and params.index_type in ann_lib.INDEX_TYPES
     tracks, hours, dows = ([r[i] for r in test_requests] for i in range(3))
     exact = recommender.recommend_batch(tracks, 20, hours, dows)
     # ann_candidates=20: the served ANN answer is FAISS's own top 20 (re-scored), no wider candidate net
     approx = recommender.recommend_batch(tracks, 20, hours, dows, use_ann=True, ann_candidates=20)
     overlaps = [len({t for t, _ in e.items} & {t for t, _ in a.items}) / 20 for e, a in zip(exact, approx, strict=True)]
     assert np.mean(overlaps) >= 0.95
+
+
+def test_a_packaged_ivfpq_index_serves_the_exact_answers(tiny_checkpoint, tiny_data_dir, tmp_path, test_requests):
+    """The large-catalog default forced on the tiny catalog: 4-bit codes, re-scored exactly, loaded
+    from the package like any index; its answers are the exact path's."""
+    from playlistai.registry.packaging import build_package
+
+    build_package(tiny_checkpoint, tiny_data_dir, tmp_path, ann_index="ivfpq")
+    recommender = Recommender.from_directory(tmp_path)
+    params = recommender.ann_params
+    assert params.index_type == "ivfpq" and params.pq_m == 16 and params.refine_k_factor == ann_lib.REFINE_K_FACTOR
+    assert params.overlap_at_20 >= ann_lib.DEFAULT_TARGET_OVERLAP
+    tracks, hours, dows = ([r[i] for r in test_requests] for i in range(3))
+    exact = recommender.recommend_batch(tracks, 20, hours, dows)
+    approx = recommender.recommend_batch(tracks, 20, hours, dows, use_ann=True)
+    overlaps = [len({t for t, _ in e.items} & {t for t, _ in a.items}) / 20 for e, a in zip(exact, approx, strict=True)]
+    assert np.mean(overlaps) >= 0.95
+    # a track both paths return has the same score: the refine step scores exactly
+    for e, a in zip(exact[:20], approx[:20], strict=True):
+        exact_scores = dict(e.items)
+        for track, score in a.items:
+            if track in exact_scores:
+                assert score == pytest.approx(exact_scores[track], abs=1e-4)
+
+
+def test_catalogs_above_the_hnsw_limit_get_ivfpq():
+    assert ann_lib.choose_index_type(ann_lib.HNSW_MAX_CATALOG) == "hnsw"
+    assert ann_lib.choose_index_type(ann_lib.HNSW_MAX_CATALOG + 1) == "ivfpq"
 
 
 def test_ann_asks_faiss_for_a_margin_over_k_not_for_the_largest_k(recommender, test_requests, monkeypatch):
@@ -139,6 +167,7 @@ def test_inference_ivf_index_reaches_target_overlap(recommender):
 
 
 @pytest.mark.parametrize("index_type, breadth, target", [("ivf", "ivf_nprobe", 0.9),
+                                                         ("ivfpq", "ivf_nprobe", 0.8),
                                                          ("hnsw", "hnsw_ef_search", 0.995)])
 def test_tuning_settles_on_the_smallest_breadth_that_meets_the_target(index_type, breadth, target):
     rng = np.random.default_rng(0)

@@ -47,7 +47,7 @@ def test_a_bad_layout_or_dtype_is_refused(items):
         ItemTable(items, "float16")
 
 
-@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf", "ivfpq"])
 def test_the_ann_path_reads_the_vectors_the_index_stores(items, index_type):
     from playlistai.inference import ann as ann_lib
 
