@@ -17,6 +17,10 @@ the MLflow datasets and `data_hash` agree too). How each step is spread over the
   which writes it one row group at a time (`ParquetStream`, the row groups pandas writes) and
   numbers sessions and positions as they pass: session ids are the sort's order (start, then user),
   as the pandas engine numbers them. The driver holds a row group, never the data set.
+- **The temporal split of a file in session order** (the sessions file `preprocess` writes) takes
+  none of this: blocks of whole sessions, read in file order, are split where they are read, the
+  vocabulary is counted per block and combined in the driver, and the three splits stream into
+  their files in the file's own order (see "splits: temporal, in the sessions file's own order").
 
 Ray is the cluster at `RAY_ADDRESS`, or a local Ray on this machine's cores; `data_dir` must then be
 a path that every node reads and writes (a shared volume).
@@ -34,11 +38,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from playlistai.data.parquet_io import ROW_GROUP_ROWS, ParquetStream
@@ -134,7 +141,7 @@ class Steps:
         self.stage, self.every, self.out = stage, every, out
         self.rows = 0
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(f"{self.stage} (ray): {text}", file=self.out or sys.stderr, flush=True)
 
     def _so_far(self, total: int | None) -> str:
@@ -152,9 +159,9 @@ class Steps:
 
         def beat() -> None:
             while not stop.wait(self.every):
-                self._say(f"{what}: {_duration(time.monotonic() - started)} so far{self._so_far(total)}")
+                self.say(f"{what}: {_duration(time.monotonic() - started)} so far{self._so_far(total)}")
 
-        self._say(f"{what} ...")
+        self.say(f"{what} ...")
         thread = threading.Thread(target=beat, name="ray-engine-steps", daemon=True)
         thread.start()
         try:
@@ -162,7 +169,7 @@ class Steps:
         finally:
             stop.set()
             thread.join()
-        self._say(f"{what}: done in {_duration(time.monotonic() - started)}")
+        self.say(f"{what}: done in {_duration(time.monotonic() - started)}")
 
     def add(self, rows: int) -> None:
         self.rows += rows
@@ -214,26 +221,74 @@ def nunique(ds, column: str) -> int:
     return only.groupby(column).count().count()
 
 
-def _read_row_group(batch: pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
-    frames = []
-    for path, group, offset in zip(batch["path"], batch["row_group"], batch["offset"], strict=True):
-        frame = pq.ParquetFile(path).read_row_group(int(group), columns=columns).to_pandas()
-        frame["_order"] = np.arange(int(offset), int(offset) + len(frame), dtype=np.int64)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+def _read_rows(path: str, start: int, stop: int, columns: list[str] | None) -> pa.Table:
+    """Rows `start` to `stop` (excluded) of a Parquet file. A row group the range only begins is
+    decoded only as far as the range goes: a block of whole sessions takes the first rows of the
+    next row group, which is another block's whole row group."""
+    file = pq.ParquetFile(path)
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    pieces, begin = [], 0
+    for group, size in enumerate(sizes):
+        lo, hi = max(start - begin, 0), min(stop - begin, size)
+        if lo < hi:
+            if hi < size:
+                batches, rows = [], 0
+                for batch in file.iter_batches(batch_size=hi, row_groups=[group], columns=columns):
+                    batches.append(batch)
+                    rows += batch.num_rows
+                    if rows >= hi:
+                        break
+                table = pa.Table.from_batches(batches)
+            else:
+                table = file.read_row_group(group, columns=columns)
+            pieces.append(table.slice(lo, hi - lo))
+        begin += size
+    if not pieces:
+        schema = file.schema_arrow
+        return schema.empty_table().select(columns or schema.names)
+    return pa.concat_tables(pieces)
+
+
+def _read_ranges(ranges: pd.DataFrame, columns: list[str] | None) -> pa.Table:
+    """The rows of the ranges of a batch of `file_blocks`, one after the other."""
+    bounds = zip(ranges["path"], ranges["start"], ranges["stop"], strict=True)
+    return pa.concat_tables([_read_rows(path, int(start), int(stop), columns)
+                             for path, start, stop in bounds])
+
+
+def file_blocks(path: Path, block_starts: list[int] | None = None):
+    """A Parquet file as a Ray dataset of row ranges (`path`, `start`, `stop`), one range a block, in
+    file order: from each of `block_starts` (by default the first row of each row group) to the next.
+    A map over it with `batch_size=1` reads each range in its task (`_read_ranges`)."""
+    import ray
+
+    meta = pq.ParquetFile(path).metadata
+    if block_starts is None:
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        block_starts = np.cumsum([0, *sizes])[:-1].tolist()
+    path = str(Path(path).resolve())
+    items = [{"path": path, "start": int(start), "stop": int(stop)}
+             for start, stop in pairwise([*block_starts, meta.num_rows])]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+
+
+def _rows_of(ranges: pd.DataFrame) -> np.ndarray:
+    """The row in the file of each row that `_read_ranges` reads."""
+    return np.concatenate([np.arange(int(start), int(stop), dtype=np.int64)
+                           for start, stop in zip(ranges["start"], ranges["stop"], strict=True)])
+
+
+def _read_blocks(ranges: pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
+    frame = _read_ranges(ranges, columns).to_pandas()
+    frame["_order"] = _rows_of(ranges)
+    return frame
 
 
 def read_in_file_order(path: Path, columns: list[str] | None = None):
     """A Parquet file as a Ray dataset, one block per row group, with `_order`: each row's row in the
     file (ties in time keep file order, as the pandas engine keeps them)."""
-    import ray
-
-    meta = pq.ParquetFile(path).metadata
-    offsets = np.concatenate([[0], np.cumsum([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])])
-    items = [{"path": str(Path(path).resolve()), "row_group": i, "offset": int(offsets[i])}
-             for i in range(meta.num_row_groups)]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    return ds.map_batches(_read_row_group, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pandas")
+    return file_blocks(path).map_batches(_read_blocks, fn_kwargs={"columns": columns}, batch_size=1,
+                                         batch_format="pandas")
 
 
 # -- the driver's side: ordered streams into single files ------------------------------------
@@ -578,8 +633,11 @@ class _SplitTally:
     lengths: Histogram = field(default_factory=Histogram)
     head: pd.DataFrame | None = None
 
-    def add(self, frame: pd.DataFrame, session: np.ndarray, sums: SessionSums) -> None:
-        known = self.vocab.encode(frame["track_id"].tolist()) != PAD
+    def add(self, frame: pd.DataFrame, session: np.ndarray, sums: SessionSums,
+            known: np.ndarray | None = None) -> None:
+        """`known`: whether each play's track has an index (looked up here when not given)."""
+        if known is None:
+            known = self.vocab.encode(frame["track_id"].tolist()) != PAD
         target = frame["is_target"].to_numpy(dtype=bool)
         self.n.update(events=len(frame), targets=int(target.sum()), unknown=int((~known).sum()),
                       target_unknown=int((target & ~known).sum()))
@@ -600,6 +658,11 @@ class _SplitTally:
             m[f"{name}_unknown_track_share"] = n["unknown"] / n["events"] if n["events"] else 0.0
             m[f"{name}_unknown_target_share"] = n["target_unknown"] / n["targets"] if n["targets"] else 0.0
         return m
+
+
+def _empty_split(dtypes: dict[str, Any], columns: list[str]) -> pd.DataFrame:
+    """A split without rows, as pandas writes it."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns]
 
 
 def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: _SplitTally,
@@ -624,15 +687,292 @@ def _write_split(ds, path: Path, order: list[str], numbering: Numbering, tally: 
             stream.write(frame)
             rows_done.add(len(batch))
         sums.finish()
-        stream.close(pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items() if c in columns})[columns])
+        stream.close(_empty_split(dtypes, columns))
     tally.head = stream.head
+
+
+def _as_time(ns: int, dtype) -> pd.Timestamp:
+    """A cut-off (ns since the epoch) as the pandas engine's meta writes it: a value of the `ts` column."""
+    return pd.Series(pd.to_datetime([ns], utc=True)).astype(dtype).iloc[0]
+
+
+# -- splits: temporal, in the sessions file's own order -------------------------------------------
+#
+# `preprocess` (either engine) writes the sessions in session order: (session_id, pos) never goes down
+# from one row to the next. Each session's rows are then contiguous, so blocks cut where a session
+# begins hold whole sessions, and every rule of the temporal split applies within a block. The rows
+# of each split, in file order, are already in the order of its file: the splits stream out as the
+# blocks come, with no shuffle and no sort. Three passes read the file, each a block a task: the
+# session starts (the cut-offs; the order is checked on the way), the vocabulary's counts per
+# block (combined in the driver), and the splits themselves.
+
+# rows of the sessions file a block has (a row group, or less: tests make it small so that sessions
+# cross blocks), before its end moves on to the end of the session it cuts
+SESSION_BLOCK_ROWS = ROW_GROUP_ROWS
+VOCAB_COLUMNS = ["track_id", "artist_id", "genre"]
+
+
+def _block_starts(path: Path) -> list[int]:
+    """Every SESSION_BLOCK_ROWS-th row of each row group, from its first (a block reads one row
+    group at most, but for the end of its last session)."""
+    meta = pq.ParquetFile(path).metadata
+    starts, begin = [], 0
+    for group in range(meta.num_row_groups):
+        size = meta.row_group(group).num_rows
+        starts.extend(range(begin, begin + size, SESSION_BLOCK_ROWS))
+        begin += size
+    return starts
+
+
+def _session_runs(ranges: pd.DataFrame) -> pa.Table:
+    """A block of the sessions file as runs of rows of one session: the session, the run's first row
+    in the file and its length, its earliest play (ns), its first and last `pos`, and whether the
+    block's rows are in session order (each run a session then, but for the first and the last,
+    which may go on in the blocks beside)."""
+    table = _read_ranges(ranges, ["session_id", "pos", "ts"])
+    sid, pos = table["session_id"].to_numpy(), table["pos"].to_numpy()
+    in_order = _sorted_pairs_ok([sid[:-1], pos[:-1]], [sid[1:], pos[1:]])
+    first = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    last = np.r_[first[1:] - 1, len(sid) - 1]
+    return pa.table({"session_id": sid[first], "row": _rows_of(ranges)[first], "rows": last - first + 1,
+                     "start_ns": np.minimum.reduceat(epoch_ns(table["ts"].to_pandas()), first),
+                     "first_pos": pos[first], "last_pos": pos[last],
+                     "in_order": np.full(len(first), in_order)})
+
+
+@dataclass
+class _SessionStarts:
+    starts_ns: np.ndarray          # each session's earliest play, sessions in file order
+    block_starts: list[int]        # rows where a session begins, a block apart: blocks of whole sessions
+
+
+def _session_starts(path: Path, n_rows: int, steps: Steps) -> _SessionStarts | None:
+    """Each session's start, from the `session_id`, `pos` and `ts` columns read block by block; None
+    when the rows are not in session order (the blocks check their rows, the driver where they meet)."""
+    runs_of_blocks = file_blocks(path, _block_starts(path)).map_batches(_session_runs, batch_size=1,
+                                                                        batch_format="pandas")
+    sessions, starts, block_starts = [], [], []
+    last = None                                  # (session_id, pos) of the last row so far
+    what = "the start of every session, reading the sessions file in its order"
+    with steps.step(what, total=n_rows) as progress:
+        for runs in runs_of_blocks.iter_batches(batch_size=None, batch_format="numpy"):
+            sid = runs["session_id"]
+            if not len(sid):
+                continue
+            if not runs["in_order"].all() or (last is not None and (sid[0], runs["first_pos"][0]) < last):
+                return None
+            goes_on = int(last is not None and sid[0] == last[0])     # the block before's last session
+            if len(sid) > goes_on:
+                block_starts.append(int(runs["row"][goes_on]))
+            sessions.append(sid)
+            starts.append(runs["start_ns"])
+            last = (sid[-1], runs["last_pos"][-1])
+            progress.add(int(runs["rows"].sum()))
+    # a session's runs are its pieces in the blocks it crosses: its start is theirs
+    sid = np.concatenate(sessions)
+    first_runs = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    return _SessionStarts(np.minimum.reduceat(np.concatenate(starts), first_runs), block_starts)
+
+
+def _cutoffs(starts_ns: np.ndarray, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """`temporal_split`'s cut-offs (ns): the starts of the first validation and test sessions."""
+    n = len(starts_ns)
+    n_test, n_val = period_sizes(n, val_frac, test_frac)
+    ordered = np.sort(starts_ns)
+    t_test = int(ordered[n - n_test])
+    return (int(ordered[n - n_test - n_val]) if n_val else t_test), t_test
+
+
+def _tally_tracks(plays: pa.Table, keys: list[str]) -> pa.Table:
+    """`track_table` in Arrow, per `keys`: the first artist and genre that are not null in the
+    table's order, and the plays (the sum of `count`)."""
+    table = plays.group_by(keys, use_threads=False).aggregate(
+        [("artist_id", "first"), ("genre", "first"), ("count", "sum")])
+    return pa.table({**{k: table[k] for k in keys}, "artist_id": table["artist_id_first"],
+                     "genre": table["genre_first"], "count": table["count_sum"]})
+
+
+class _TrackTallies:
+    """`_tally_tracks` of tables that come in order, combined in the driver: tables wait until they
+    have as many rows as the tally so far (and a row group), so each track's row is combined a few
+    times at most and the driver holds a few tallies' worth, in Arrow (not Python objects)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        self._tables: list[pa.Table] = []          # the tally so far (once there is one), then the waiting
+        self._tally_rows = 0
+        self._waiting_rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        self._tables.append(table)
+        self._waiting_rows += table.num_rows
+        if self._waiting_rows >= max(ROW_GROUP_ROWS, self._tally_rows):
+            tally = self.result()
+            self._tables, self._tally_rows, self._waiting_rows = [tally], tally.num_rows, 0
+
+    def result(self) -> pa.Table:
+        return _tally_tracks(pa.concat_tables(self._tables), self.keys)
+
+
+def _block_tracks(ranges: pd.DataFrame, t_val: int, t_test: int, parts: tuple[int, ...]) -> pa.Table:
+    """`_tally_tracks` of the plays of a block of whole sessions that the vocabulary counts (kept, in
+    one of `parts`), per split and track."""
+    table = _read_ranges(ranges, ["session_id", "ts", *VOCAB_COLUMNS])
+    marked = _temporal_group(table.select(["session_id", "ts"]).to_pandas(), t_val, t_test)
+    counted = ((marked["_why"] == KEEP) & marked["_part"].isin(parts)).to_numpy()
+    plays = table.select(VOCAB_COLUMNS).filter(pa.array(counted))
+    plays = plays.append_column("_part", pa.array(marked["_part"].to_numpy()[counted]))
+    return _tally_tracks(plays.append_column("count", pa.array(np.ones(plays.num_rows, np.int64))),
+                         ["_part", "track_id"])
+
+
+def _block_splits(ranges: pd.DataFrame, t_val: int, t_test: int, vocab_ids: pa.Array) -> pa.Table:
+    """A block of whole sessions with `_part` and `_why` (`_temporal_group`), `pos` counted over the
+    plays kept and `is_target` (`_finish`), and `_known`: the track has an index. The plays a rule
+    drops come along (their `pos` means nothing) for the counts of the meta."""
+    table = _read_ranges(ranges, None).replace_schema_metadata(None)
+    marked = _temporal_group(table.select(["session_id", "ts"]).to_pandas(), t_val, t_test)
+    kept = (marked["_why"] == KEEP).to_numpy()
+    kept_so_far = pd.Series(kept.astype(np.int32)).groupby(marked["session_id"].to_numpy()).cumsum()
+    pos = (kept_so_far - 1).to_numpy(np.int32)
+    table = table.set_column(table.schema.get_field_index("pos"), "pos", pa.array(pos))
+    return (table.append_column("is_target", pa.array(pos > 0))
+            .append_column("_part", pa.array(marked["_part"].to_numpy()))
+            .append_column("_why", pa.array(marked["_why"].to_numpy()))
+            .append_column("_known", pc.is_in(table["track_id"], value_set=vocab_ids)))
+
+
+def _temporal_in_file_order(sessions_path: Path, out_dir: Path, starts: _SessionStarts, val_frac: float,
+                            test_frac: float, vocab_min_freq: int, vocab_scope: str, max_seq_len: int,
+                            ts_dtype, dtypes: dict[str, Any], columns: list[str], steps: Steps,
+                            n_rows: int) -> tuple[dict, Vocabulary, dict[str, _SplitTally]]:
+    """The temporal split of a sessions file in session order, block by block of whole sessions."""
+    t_val, t_test = _cutoffs(starts.starts_ns, val_frac, test_frac)
+    blocks = file_blocks(sessions_path, starts.block_starts)
+    parts = (0,) if vocab_scope == "train" else (0, 1)
+    cutoffs = {"t_val": t_val, "t_test": t_test}
+    tracks_of_blocks = blocks.map_batches(_block_tracks, fn_kwargs={**cutoffs, "parts": parts}, batch_size=1,
+                                          batch_format="pandas")
+    with steps.step(f"the vocabulary: tracks played {vocab_min_freq}+ times in {vocab_scope}"):
+        track_tallies = _TrackTallies(["_part", "track_id"])
+        for table in tracks_of_blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
+            track_tallies.add(table)
+        by_part = track_tallies.result()
+        # train's plays before val's, as the pandas engine counts them (the first artist and genre)
+        in_scope = [by_part.filter(pc.equal(by_part["_part"], part)).drop_columns(["_part"])
+                    for part in parts]
+        if not pc.sum(in_scope[0]["count"]).as_py():
+            raise ValueError("the training split is empty")
+        table = _tally_tracks(pa.concat_tables(in_scope), ["track_id"]).to_pandas()
+    vocab = Vocabulary.from_track_table(table, vocab_min_freq)
+    check_vocab(vocab, vocab_min_freq, vocab_scope)
+
+    marked = blocks.map_batches(_block_splits, batch_size=1, batch_format="pandas",
+                                fn_kwargs={**cutoffs, "vocab_ids": pa.array(vocab.track_ids, pa.string())})
+    tallies = {name: _SplitTally(vocab, max_seq_len) for name in SPLIT_NAMES}
+    sums = {name: SessionSums(tally.session_done) for name, tally in tallies.items()}
+    streams = {name: ParquetStream(out_dir / f"{name}.parquet",
+                                   _has_values(rows_where(rows_where(marked, "_part", part), "_why", KEEP)))
+               for part, name in enumerate(SPLIT_NAMES)}
+    whys = np.zeros(PLACEHOLDER + 1, np.int64)
+    files = ", ".join(f"{name}.parquet" for name in SPLIT_NAMES)
+    what = f"splitting {len(starts.starts_ns):,} sessions ({n_rows:,} plays) at the cut-offs, writing {files}"
+    with steps.step(what, total=n_rows) as progress:
+        for batch in marked.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            why, part = batch["_why"].to_numpy(), batch["_part"].to_numpy()
+            whys += np.bincount(why, minlength=len(whys))
+            for p, name in enumerate(SPLIT_NAMES):
+                rows = batch.filter(pa.array((why == KEEP) & (part == p)))
+                if rows.num_rows:
+                    frame = _as_dtypes(rows.select(columns).to_pandas(), dtypes)
+                    tallies[name].add(frame, frame["session_id"].to_numpy(), sums[name],
+                                      known=rows["_known"].to_numpy())
+                    streams[name].write(frame)
+            progress.add(batch.num_rows)
+        for name, tally in tallies.items():
+            sums[name].finish()
+            streams[name].close(_empty_split(dtypes, columns))
+            tally.head = streams[name].head
+    meta = {"val_start": str(_as_time(t_val, ts_dtype)), "test_start": str(_as_time(t_test, ts_dtype)),
+            "events_truncated_at_cutoffs": int(whys[TRUNCATED]),
+            "events_dropped_short_after_cut": int(whys[SHORT])}
+    return meta, vocab, tallies
+
+
+# -- splits: any order, either strategy: shuffles and sorts ---------------------------------------
+
+
+def _split_with_shuffles(ray, sessions_path: Path, out_dir: Path, strategy: str, val_frac: float,
+                         test_frac: float, vocab_min_freq: int, vocab_scope: str, max_seq_len: int, ts_dtype,
+                         dtypes: dict[str, Any], columns: list[str], steps: Steps,
+                         n_rows: int) -> tuple[dict, Vocabulary, dict[str, _SplitTally]]:
+    """The split in groups of whole sessions (temporal) or users (leave_one_out), each split's file
+    sorted in Ray."""
+    sessions = ray.data.read_parquet(str(Path(sessions_path).resolve()))
+    groups = n_groups(n_rows)
+    if strategy == "temporal":
+        with steps.step("the time cut-offs: the start of every session"):
+            starts = (sessions.select_columns(["session_id", "ts"])
+                      .map_batches(_start_ns, batch_format="pandas")
+                      .groupby("session_id").min("_ts_ns").materialize())
+            n = starts.count()
+            n_test, n_val = period_sizes(n, val_frac, test_frac)
+            column = starts.columns()[-1]
+            t_test = _kth_latest(starts, column, n_test)
+            t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
+        with steps.step(f"splitting {n:,} sessions ({n_rows:,} plays) at the cut-offs"):
+            marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
+            whys = value_counts(marked.select_columns(["_why"]), ["_why"])
+        meta = {"val_start": str(_as_time(t_val, ts_dtype)), "test_start": str(_as_time(t_test, ts_dtype)),
+                "events_truncated_at_cutoffs": whys.get((TRUNCATED,), 0),
+                "events_dropped_short_after_cut": whys.get((SHORT,), 0)}
+        order, offsets = ["session_id", "pos"], None
+        vocab_rows = rows_where(marked, "_why", KEEP)
+        vocab_rows = rows_where(vocab_rows, "_part", *((0,) if vocab_scope == "train" else (0, 1)))
+        vocab_order = ["_part", "session_id", "pos"]
+    else:
+        with steps.step(f"splitting the sessions of every user ({n_rows:,} plays): the last one to test"):
+            marked = by_groups(sessions, "user_id", groups, _loo_group)
+            n_users = nunique(marked, "user_id")
+            meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP),
+                                              "user_id"),
+                    "events_truncated_at_cutoffs": 0}
+        order, offsets = ["user_id", "pos"], (0, n_users, 2 * n_users)
+        vocab_rows = rows_where(marked, "_part", 0)
+        if vocab_scope == "train_val":
+            val_only = rows_where(rows_where(marked, "_part", 1), "_vocab_val", True)
+            vocab_rows = vocab_rows.union(val_only)
+        vocab_order = ["_part", "user_id", "pos"]
+    with steps.step("counting the plays of each split"):
+        kept = rows_where(marked.select_columns(["_part", "_why"]), "_why", KEEP)
+        part_rows = value_counts(kept, ["_part"])
+    if not part_rows.get((0,)):
+        raise ValueError("the training split is empty")
+    with steps.step(f"the vocabulary: tracks played {vocab_min_freq}+ times in {vocab_scope}"):
+        table = by_groups(vocab_rows.select_columns([*vocab_order, "track_id", "artist_id", "genre"]),
+                          "track_id", groups, _tracks_group, order=vocab_order,
+                          min_freq=vocab_min_freq).to_pandas()
+    if table.empty:
+        table = pd.DataFrame(columns=["track_id", "artist_id", "genre", "count"])
+    vocab = Vocabulary.from_track_table(table, vocab_min_freq)
+    check_vocab(vocab, vocab_min_freq, vocab_scope)
+
+    tallies = {}
+    for part, name in enumerate(SPLIT_NAMES):
+        rows = rows_where(marked, "_part", part)
+        rows = rows_where(rows, "_why", KEEP, PLACEHOLDER)
+        tallies[name] = _SplitTally(vocab, max_seq_len)
+        _write_split(rows, out_dir / f"{name}.parquet", order, Numbering(order[:1]), tallies[name], dtypes,
+                     columns, None if offsets is None else offsets[part], steps, part_rows.get((part,), 0))
+    return meta, vocab, tallies
 
 
 def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_frac: float = 0.1,
            test_frac: float = 0.1, vocab_min_freq: int = 5, vocab_scope: str = "train",
            max_seq_len: int = 50) -> SplitOutcome:
     """`make_splits` on Ray; writes `out_dir/{train,val,test}.parquet` (the vocabulary and the
-    meta are the caller's to write)."""
+    meta are the caller's to write). The temporal split of a sessions file in session order (what
+    `preprocess` writes) streams through the file in its order; any other takes shuffles and sorts."""
     vocab_scope = check_split_args(strategy, vocab_min_freq, vocab_scope)
     schema = _schema_frame(sessions_path)
     dtypes = {**schema.dtypes.to_dict(), **SESSION_DTYPES, "is_target": np.dtype(bool)}
@@ -643,68 +983,24 @@ def splits(sessions_path: Path, out_dir: Path, strategy: str = "temporal", val_f
     if strategy == "temporal":
         check_fractions(val_frac, test_frac)
     steps = Steps("splits")
+    args = {"val_frac": val_frac, "test_frac": test_frac, "vocab_min_freq": vocab_min_freq,
+            "vocab_scope": vocab_scope, "max_seq_len": max_seq_len, "ts_dtype": schema["ts"].dtype,
+            "dtypes": dtypes, "columns": columns, "steps": steps, "n_rows": n_rows}
     with ray_data(n_rows) as ray:
-        sessions = ray.data.read_parquet(str(Path(sessions_path).resolve()))
-        groups = n_groups(n_rows)
-        if strategy == "temporal":
-            with steps.step("the time cut-offs: the start of every session"):
-                starts = (sessions.select_columns(["session_id", "ts"]).map_batches(_start_ns, batch_format="pandas")
-                          .groupby("session_id").min("_ts_ns").materialize())
-                n = starts.count()
-                n_test, n_val = period_sizes(n, val_frac, test_frac)
-                column = starts.columns()[-1]
-                t_test = _kth_latest(starts, column, n_test)
-                t_val = _kth_latest(starts, column, n_test + n_val) if n_val else t_test
-            with steps.step(f"splitting {n:,} sessions ({n_rows:,} plays) at the cut-offs"):
-                marked = by_groups(sessions, "session_id", groups, _temporal_group, t_val=t_val, t_test=t_test)
-                whys = value_counts(marked.select_columns(["_why"]), ["_why"])
-            as_time = lambda ns: pd.Series(pd.to_datetime([ns], utc=True)).astype(schema["ts"].dtype).iloc[0]  # noqa: E731
-            meta = {"val_start": str(as_time(t_val)), "test_start": str(as_time(t_test)),
-                    "events_truncated_at_cutoffs": whys.get((TRUNCATED,), 0),
-                    "events_dropped_short_after_cut": whys.get((SHORT,), 0)}
-            order, offsets = ["session_id", "pos"], None
-            vocab_rows = rows_where(marked, "_why", KEEP)
-            vocab_rows = rows_where(vocab_rows, "_part", *((0,) if vocab_scope == "train" else (0, 1)))
-            vocab_order = ["_part", "session_id", "pos"]
+        starts = _session_starts(sessions_path, n_rows, steps) if strategy == "temporal" else None
+        if starts is not None:
+            meta, vocab, tallies = _temporal_in_file_order(sessions_path, out_dir, starts, **args)
         else:
-            with steps.step(f"splitting the sessions of every user ({n_rows:,} plays): the last one to test"):
-                marked = by_groups(sessions, "user_id", groups, _loo_group)
-                n_users = nunique(marked, "user_id")
-                meta = {"users_eligible": nunique(rows_where(rows_where(marked, "_part", 2), "_why", KEEP),
-                                                  "user_id"),
-                        "events_truncated_at_cutoffs": 0}
-            order, offsets = ["user_id", "pos"], (0, n_users, 2 * n_users)
-            vocab_rows = rows_where(marked, "_part", 0)
-            if vocab_scope == "train_val":
-                val_only = rows_where(rows_where(marked, "_part", 1), "_vocab_val", True)
-                vocab_rows = vocab_rows.union(val_only)
-            vocab_order = ["_part", "user_id", "pos"]
-        with steps.step("counting the plays of each split"):
-            part_rows = value_counts(rows_where(marked.select_columns(["_part", "_why"]), "_why", KEEP), ["_part"])
-        if not part_rows.get((0,)):
-            raise ValueError("the training split is empty")
-        with steps.step(f"the vocabulary: tracks played {vocab_min_freq}+ times in {vocab_scope}"):
-            table = by_groups(vocab_rows.select_columns([*vocab_order, "track_id", "artist_id", "genre"]),
-                              "track_id", groups, _tracks_group, order=vocab_order,
-                              min_freq=vocab_min_freq).to_pandas()
-        if table.empty:
-            table = pd.DataFrame(columns=["track_id", "artist_id", "genre", "count"])
-        vocab = Vocabulary.from_track_table(table, vocab_min_freq)
-        check_vocab(vocab, vocab_min_freq, vocab_scope)
-
-        metrics: dict[str, float] = {"vocab_size": float(len(vocab))}
-        heads, tallies = {}, {}
-        for part, name in enumerate(SPLIT_NAMES):
-            rows = rows_where(marked, "_part", part)
-            rows = rows_where(rows, "_why", KEEP, PLACEHOLDER)
-            tally = _SplitTally(vocab, max_seq_len)
-            _write_split(rows, out_dir / f"{name}.parquet", order, Numbering(order[:1]), tally, dtypes, columns,
-                         None if offsets is None else offsets[part], steps, part_rows.get((part,), 0))
-            heads[name], tallies[name] = tally.head, tally
-            metrics.update(tally.metrics(name))
+            if strategy == "temporal":
+                steps.say("the sessions file is not in session order: the split takes shuffles and sorts")
+            meta, vocab, tallies = _split_with_shuffles(ray, sessions_path, out_dir, strategy, **args)
+    metrics: dict[str, float] = {"vocab_size": float(len(vocab))}
+    for name, tally in tallies.items():
+        metrics.update(tally.metrics(name))
     metrics["train_windows"] = float(tallies["train"].n["windows"])
     metrics["train_pairs"] = float(tallies["train"].n["pairs"])
     metrics["events_truncated_at_cutoffs"] = float(meta.get("events_truncated_at_cutoffs", 0))
     meta.update(strategy=strategy, val_frac=val_frac, test_frac=test_frac, vocab_min_freq=vocab_min_freq,
                 vocab_scope=vocab_scope)
+    heads = {name: tally.head for name, tally in tallies.items()}
     return SplitOutcome(meta, vocab, metrics, heads, tallies["train"].lengths)
