@@ -76,6 +76,16 @@ class Recommendation:
 
 
 
+def in_sorted(values: np.ndarray, ascending: np.ndarray) -> np.ndarray:
+    """Whether each of `values` is in `ascending` (sorted): a binary search each. np.isin sorts both
+    again, or builds a table as wide as their range, which on a large catalog is most of the
+    catalog per request."""
+    if not len(ascending):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(ascending, values), len(ascending) - 1)
+    return ascending[at] == values
+
+
 def auto_ann_candidates(k: int, max_per_artist: int | None) -> int:
     """FAISS candidates for a top k: a margin for the exact re-rank (2k), more under an artist cap,
     which drops candidates (4k); a request that still ends short is answered exactly."""
@@ -322,7 +332,7 @@ class Recommender:
         for row, items in enumerate(known):
             # the tracks the model reads (the neighbours look at fewer still)
             tracks, values = neighbours.scaled_votes_of_one(items[-self.max_seq_len:])
-            keep = ~np.isin(tracks, seen[row])
+            keep = ~in_sorted(tracks, seen[row])
             out.append((tracks[keep], (values[keep] * weight).astype(np.float32)))
         return out
 
@@ -343,7 +353,7 @@ class Recommender:
             width = max(len(x) for x in added)
             extra = np.zeros((len(candidates), width), dtype=candidates.dtype)
             for row, items in enumerate(added):
-                items = items[~np.isin(items, candidates[row])]
+                items = items[~in_sorted(items, np.sort(candidates[row]))]
                 extra[row, : len(items)] = items
             candidates = np.concatenate([candidates, extra], axis=1)
         out: list[list | None] = []
@@ -355,9 +365,9 @@ class Recommender:
             scores[cand == PAD] = NEG_INF
             for row in range(len(ks)):
                 if len(seen[row]):
-                    scores[row, torch.from_numpy(np.isin(candidates[row], seen[row]))] = NEG_INF
+                    scores[row, torch.from_numpy(in_sorted(candidates[row], seen[row]))] = NEG_INF
                 if len(lifted[row]):
-                    scores[row, torch.from_numpy(np.isin(candidates[row], lifted[row]))] += self.repeat_bonus
+                    scores[row, torch.from_numpy(in_sorted(candidates[row], lifted[row]))] += self.repeat_bonus
                 tracks_voted, vote_values = voted[row]
                 if len(tracks_voted):
                     # tracks_voted is sorted (CSR order): find each candidate in it

@@ -323,3 +323,14 @@ def test_inference_bfloat16_item_table_ranks_as_float32(recommender, bf16_recomm
 def test_inference_item_table_dtype_is_checked(tiny_package):
     with pytest.raises(ValueError, match=r"one of float32, bfloat16, got 'float16'"):
         Recommender.from_directory(tiny_package, item_table_dtype="float16")
+
+
+def test_in_sorted_is_isin_for_a_sorted_set():
+    from playlistai.inference.recommender import in_sorted
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 7, 300):
+        ascending = np.unique(rng.integers(1, 500, size))
+        values = rng.integers(0, 520, 200)
+        assert np.array_equal(in_sorted(values, ascending), np.isin(values, ascending))
+    assert in_sorted(np.zeros(0, np.int64), np.array([3, 5])).shape == (0,)
