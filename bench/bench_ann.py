@@ -1,7 +1,7 @@
 """ANN against exact scoring on a trained model, in-process (`make bench-ann`).
 
     python bench/bench_ann.py --checkpoint runs:/<train run>/checkpoint --data-dir data/diginetica
-        [--index-types hnsw,ivf] [--targets 0.95,0.98] [--requests 1000]
+        [--index-types hnsw,ivf,ivfpq] [--targets 0.95,0.98] [--requests 1000]
 
 For each index type and tuning target, the checkpoint is packaged as `register` packages it (the
 FAISS index built on the trained item table, its search breadth tuned on validation queries until
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder or runs:/<id>/checkpoint")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--index-types", default="hnsw,ivf")
+    parser.add_argument("--index-types", default="hnsw,ivf,ivfpq")
     parser.add_argument("--targets", default="0.95,0.98", help="tuning targets of FAISS's raw top-20 overlap")
     parser.add_argument("--requests", type=int, default=1000)
     args = parser.parse_args()

@@ -512,13 +512,14 @@ def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, mi
             sums.finish()
             stream.close(pd.DataFrame(columns=list(SESSION_COLUMNS)))
         with steps.step("counting users, tracks and artists"):
+            # the plays of each track also count the tracks (a play always has one): one pass fewer
+            track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
             event_stats = {
                 "users": float(nunique(kept, "user_id")),
-                "tracks": float(nunique(kept, "track_id")),
+                "tracks": float(len(track_counts)),
                 "artists": float(nunique(kept, "artist_id")),
                 "events": float(drops[KEPT]),
             }
-            track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
     stats = SessionizeStats(
         events_in=n_in,
         exact_duplicates_dropped=drops.get(DROP_DUPLICATE, 0),
