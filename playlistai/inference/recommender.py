@@ -76,14 +76,18 @@ class Recommendation:
 
 
 
-def in_sorted(values: np.ndarray, ascending: np.ndarray) -> np.ndarray:
-    """Whether each of `values` is in `ascending` (sorted): a binary search each. np.isin sorts both
-    again, or builds a table as wide as their range, which on a large catalog is most of the
-    catalog per request."""
+def find_sorted(values: np.ndarray, ascending: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(found, at): whether each of `values` is in `ascending` (sorted), and where (meaningful where
+    found), by a binary search each. np.isin sorts both again, or builds a table as wide as their
+    range, which on a large catalog is most of the catalog per request."""
     if not len(ascending):
-        return np.zeros(len(values), bool)
+        return np.zeros(len(values), bool), np.zeros(len(values), np.int64)
     at = np.minimum(np.searchsorted(ascending, values), len(ascending) - 1)
-    return ascending[at] == values
+    return ascending[at] == values, at
+
+
+def in_sorted(values: np.ndarray, ascending: np.ndarray) -> np.ndarray:
+    return find_sorted(values, ascending)[0]
 
 
 def auto_ann_candidates(k: int, max_per_artist: int | None) -> int:
@@ -370,9 +374,7 @@ class Recommender:
                     scores[row, torch.from_numpy(in_sorted(candidates[row], lifted[row]))] += self.repeat_bonus
                 tracks_voted, vote_values = voted[row]
                 if len(tracks_voted):
-                    # tracks_voted is sorted (CSR order): find each candidate in it
-                    at = np.minimum(np.searchsorted(tracks_voted, candidates[row]), len(tracks_voted) - 1)
-                    hit = tracks_voted[at] == candidates[row]
+                    hit, at = find_sorted(candidates[row], tracks_voted)      # tracks_voted: CSR order, sorted
                     scores[row, torch.from_numpy(hit)] += torch.from_numpy(vote_values[at[hit]])
                 picked = self._select(scores[row], ks[row], max_per_artist, ids=cand[row])
                 out.append(picked if len(picked) >= ks[row] else None)

@@ -26,6 +26,7 @@ import playlistai
 from playlistai.config import get_settings
 from playlistai.data.layout import DataLayout
 from playlistai.inference.ann import DEFAULT_TARGET_OVERLAP
+from playlistai.inference.ann import INDEX_TYPES as ANN_INDEX_TYPES
 from playlistai.model_ref import ModelRef
 from playlistai.models.checkpoint import find_checkpoint_dir
 from playlistai.params import StageParams, param
@@ -50,7 +51,7 @@ class RegisterParams(StageParams):
     n_resamples: int = param(1000, "bootstrap resamples of the gate", minimum=10)
     confidence: float = param(0.95, "confidence of the gate's interval")
     seed: int = param(0, minimum=0)
-    ann_index: str = param("auto", "auto | hnsw | ivf | ivfpq")
+    ann_index: str = param("auto", " | ".join(("auto", *ANN_INDEX_TYPES)))
     target_overlap: float = param(DEFAULT_TARGET_OVERLAP, "FAISS top-20 vs exact top-20 overlap to tune for")
 
 
