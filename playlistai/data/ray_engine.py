@@ -13,10 +13,16 @@ the MLflow datasets and `data_hash` agree too). How each step is spread over the
   temporal cut-offs are order statistics of the session starts (the k-th latest start); the
   vocabulary's play counts and first artist/genre per track are computed in groups of whole
   tracks, and only the vocabulary itself (the tracks played often enough) comes to the driver.
-- **Writing.** Each output is sorted in Ray into the order of its file and streamed to the driver,
-  which writes it one row group at a time (`ParquetStream`, the row groups pandas writes) and
-  numbers sessions and positions as they pass: session ids are the sort's order (start, then user),
-  as the pandas engine numbers them. The driver holds a row group, never the data set.
+- **Writing.** The driver writes each output one row group at a time (`ParquetStream`, the row
+  groups pandas writes) and numbers sessions and positions as they pass: session ids follow the
+  sessions' order (start, then user), as the pandas engine numbers them. The driver holds a row
+  group and a few batches, never the data set.
+- **preprocess: sorted groups, merged.** Each group of whole users writes its kept plays, sorted
+  into the sessions file's order, to a file of its own beside the output; the driver merges the
+  groups' files (a k-way merge that reads each file once, in batches) into the sessions file and
+  counts tracks and artists as the rows pass. No global sort, and no second pass for the counts.
+- **Other outputs** (`splits` of a file out of session order, `leave_one_out`) are sorted in Ray
+  into the order of their file and streamed to the driver.
 - **The temporal split of a file in session order** (the sessions file `preprocess` writes) takes
   none of this: blocks of whole sessions, read in file order, are split where they are read, the
   vocabulary is counted per block and combined in the driver, and the three splits stream into
@@ -28,12 +34,16 @@ a path that every node reads and writes (a shared volume).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -448,11 +458,19 @@ def _batches(ds) -> Iterator[pd.DataFrame]:
 
 # -- preprocess ----------------------------------------------------------------------------------
 
+# the order of the sessions file: sessions by start, then user (as the pandas engine numbers them);
+# a session's plays by time, then file order
+SESSION_ORDER = ["_start_ns", "user_id", "_ts_ns", "_order"]
+GROUP_FILE_COLUMNS = [*(c for c in SESSION_COLUMNS if c not in ("session_id", "pos")), "_start_ns", "_ts_ns",
+                      "_order"]
+DROP_CODES = (KEPT, DROP_DUPLICATE, DROP_COLLAPSED, DROP_SHORT)
+MERGE_BUFFER_ROWS = 1 << 18          # rows the driver's merge of the group files holds, all files together
+MIN_MERGE_BATCH_ROWS = 1024          # ... but at least this many of each file at a time
 
-def _mark_group(group: pd.DataFrame, gap_min: float, min_session_len: int, collapse_repeats: bool,
-                timezone: str) -> pd.DataFrame:
+
+def _mark_group(group: pd.DataFrame, gap_min: float, min_session_len: int, collapse_repeats: bool) -> pd.DataFrame:
     """`mark_sessions` on a group of whole users; every input row comes out with its `_drop`, and
-    the kept ones with their session's start (`_start_ns`) and the context of the play."""
+    the kept ones with their session's start (`_start_ns`) and their time (`_ts_ns`)."""
     ev = group.loc[:, [*EVENT_COLUMNS, "_order"]].sort_values("_order", kind="mergesort").reset_index(drop=True)
     dup = ev.duplicated(subset=["user_id", "track_id", "ts"], keep="first").to_numpy()
     marked, _ = mark_sessions(ev[~dup], gap_min, min_session_len, collapse_repeats)
@@ -465,7 +483,102 @@ def _mark_group(group: pd.DataFrame, gap_min: float, min_session_len: int, colla
     out["_ts_ns"] = ts_ns
     out["_start_ns"] = np.where(kept, start, -1)
     out["_drop"] = out["_drop"].astype(np.int8)
-    return add_context(out, timezone)
+    return out
+
+
+def _sessionize_group(group: pd.DataFrame, out_dir: str, row_group_rows: int, gap_min: float,
+                      min_session_len: int, collapse_repeats: bool, timezone: str) -> pd.DataFrame:
+    """`_mark_group`, then the group's kept plays, in the sessions file's order and with their
+    context, written to a file of their own in `out_dir` (the driver merges the groups' files).
+    Returns one row: the file ("" when the group keeps nothing), the rows per `_drop` code, the
+    users kept and, per column, the rows with a value."""
+    marked = _mark_group(group, gap_min, min_session_len, collapse_repeats)
+    drops = marked["_drop"].value_counts()
+    kept = marked[(marked["_drop"] == KEPT).to_numpy()].sort_values(SESSION_ORDER, kind="mergesort")
+    kept = add_context(kept.reset_index(drop=True), timezone).loc[:, GROUP_FILE_COLUMNS]
+    path = ""
+    if len(kept):
+        table = pa.Table.from_pandas(kept, preserve_index=False)
+        # a column without a value in this group is typed null here and string in another group
+        table = table.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f
+                                      for f in table.schema]))
+        path = str(Path(out_dir) / f"{uuid.uuid4().hex}.parquet")
+        pq.write_table(table, path, row_group_size=row_group_rows, compression="lz4")
+    return pd.DataFrame({"path": [path], "users": [kept["user_id"].nunique()],
+                         **{f"_drop_{code}": [int(drops.get(code, 0))] for code in DROP_CODES},
+                         **{f"_values_{c}": [int(kept[c].notna().sum())] for c in GROUP_FILE_COLUMNS}})
+
+
+def _rows_before(table: pa.Table, start: int, user: Any) -> int:
+    """Rows of a table sorted by (`_start_ns`, `user_id`) that come before (`start`, `user`)."""
+    starts = table.column("_start_ns").to_numpy()
+    lo, hi = np.searchsorted(starts, start, "left"), np.searchsorted(starts, start, "right")
+    if lo == hi:
+        return int(lo)
+    return int(lo) + bisect.bisect_left(table.column("user_id").slice(lo, hi - lo).to_pylist(), user)
+
+
+def merged_in_order(paths: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """The rows of Parquet files, each sorted in SESSION_ORDER and holding whole users, as tables
+    in that order across the files: a k-way merge that holds a batch of each file. Each round reads
+    the next batch of the file whose last row read is the lowest: every row below that row, in any
+    file, comes before all rows not yet read (no other file has that user, so no other row equals
+    it), and goes out sorted."""
+    readers = {i: pq.ParquetFile(path).iter_batches(batch_size=batch_rows) for i, path in enumerate(paths)}
+    held: dict[int, pa.Table] = {}
+
+    def read(i: int) -> None:
+        """The next rows of file i (then every file still read has rows held), or its end."""
+        for batch in readers[i]:
+            if batch.num_rows:
+                table = pa.Table.from_batches([batch])
+                held[i] = pa.concat_tables([held[i], table]).combine_chunks() if i in held else table
+                return
+        del readers[i]
+
+    def in_order(tables: list[pa.Table]) -> pa.Table:
+        return pa.concat_tables(tables).sort_by([(c, "ascending") for c in SESSION_ORDER])
+
+    for i in list(readers):
+        read(i)
+    while readers:
+        last = {i: (held[i].column("_start_ns")[-1].as_py(), held[i].column("user_id")[-1].as_py())
+                for i in readers}
+        lowest = min(last, key=last.__getitem__)
+        below = {i: _rows_before(table, *last[lowest]) for i, table in held.items()}
+        out = [held[i].slice(0, n) for i, n in below.items() if n]
+        held = {i: table.slice(below[i]) for i, table in held.items()}
+        if out:
+            yield in_order(out)
+        read(lowest)
+    rest = [table for table in held.values() if table.num_rows]
+    if rest:
+        yield in_order(rest)
+
+
+class ValueCounts:
+    """Rows per distinct non-null value of a column that comes in tables, counted in Arrow and
+    combined as the counts grow (never the column itself)."""
+
+    def __init__(self) -> None:
+        self._tables: list[pa.Table] = []
+        self._tally_rows = 0
+        self._waiting_rows = 0
+
+    def add(self, values: pa.ChunkedArray) -> None:
+        counts = pc.value_counts(pc.drop_null(values))
+        self._tables.append(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
+        self._waiting_rows += len(counts)
+        if self._waiting_rows >= max(ROW_GROUP_ROWS, self._tally_rows):
+            tally = self.result()
+            self._tables, self._tally_rows, self._waiting_rows = [tally], tally.num_rows, 0
+
+    def result(self) -> pa.Table:
+        """(value, count) per distinct value."""
+        if not self._tables:
+            return pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        table = pa.concat_tables(self._tables).group_by("value", use_threads=False).aggregate([("count", "sum")])
+        return pa.table({"value": table["value"], "count": table["count_sum"]})
 
 
 @dataclass
@@ -479,56 +592,70 @@ class PreprocessOutcome:
 
 def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, min_session_len: int = 2,
                collapse_repeats: bool = False, timezone: str = "UTC") -> PreprocessOutcome:
-    """`sessionize` on Ray; writes `sessions_path` (the caller makes the write atomic)."""
+    """`sessionize` on Ray; writes `sessions_path` (the caller makes the write atomic).
+
+    Ray cuts the sessions in groups of whole users, and each group writes its kept plays, sorted,
+    to a file of its own beside `sessions_path`; the driver merges the groups' files into the
+    sessions file, numbering sessions and counting tracks and artists as the rows pass. No global
+    sort: the merge reads each group file once, in order."""
     _check_args(gap_min, min_session_len)
     validate_events(_schema_frame(events_path))
     add_context(pd.DataFrame({"ts": pd.Series([], dtype="datetime64[ns, UTC]")}), timezone)  # a bad timezone fails now
     dtypes = {**_schema_frame(events_path).dtypes.to_dict(), **SESSION_DTYPES}
     n_in = pq.ParquetFile(events_path).metadata.num_rows
     steps = Steps("preprocess")
-    with ray_data(n_in):
-        events = read_in_file_order(events_path, columns=list(EVENT_COLUMNS))
-        groups = n_groups(n_in)
-        with steps.step(f"sessions of {n_in:,} plays, in {groups:,} group{'s' * (groups > 1)} of whole users"):
-            marked = by_groups(events, "user_id", groups, _mark_group, gap_min=gap_min, min_session_len=min_session_len,
-                               collapse_repeats=collapse_repeats, timezone=timezone)
-            drops = {code[0]: n for code, n in value_counts(marked.select_columns(["_drop"]), ["_drop"]).items()}
-            kept = rows_where(marked, "_drop", KEPT).materialize()
-        if not drops.get(KEPT):
+    groups = n_groups(n_in)
+    batch_rows = max(MIN_MERGE_BATCH_ROWS, MERGE_BUFFER_ROWS // groups)
+    group_dir = Path(tempfile.mkdtemp(prefix=".sessions-of-groups-", dir=Path(sessions_path).parent))
+    try:
+        with ray_data(n_in):
+            events = read_in_file_order(events_path, columns=list(EVENT_COLUMNS))
+            with steps.step(f"sessions of {n_in:,} plays, in {groups:,} group{'s' * (groups > 1)} of whole users"):
+                summary = by_groups(events, "user_id", groups, _sessionize_group, out_dir=str(group_dir),
+                                    row_group_rows=batch_rows, gap_min=gap_min, min_session_len=min_session_len,
+                                    collapse_repeats=collapse_repeats, timezone=timezone).to_pandas()
+        drops = {code: int(summary[f"_drop_{code}"].sum()) for code in DROP_CODES}
+        if not drops[KEPT]:
             raise ValueError(f"no session has {min_session_len}+ plays at a {gap_min}-minute gap")
-        ordered = kept.sort(["_start_ns", "user_id", "_ts_ns", "_order"])
+        with_values = {c: int(summary[f"_values_{c}"].sum()) for c in GROUP_FILE_COLUMNS}
         numbering = Numbering(["_start_ns", "user_id"])
         lengths = Histogram()
         sums = SessionSums(lambda done: lengths.add(done[:, 0]))
-        stream = ParquetStream(sessions_path, _has_values(kept))
-        with steps.step("sorting and writing the sessions", total=drops[KEPT]) as progress:
-            for batch in _batches(ordered):
-                sid, pos = numbering(batch)
-                batch["session_id"] = sid
-                batch["pos"] = pos.astype(np.int32)
+        tracks, artists = ValueCounts(), ValueCounts()
+        stream = ParquetStream(sessions_path, lambda columns: {c: bool(with_values[c]) for c in columns},
+                               frame_of=lambda table: _as_dtypes(table.to_pandas(), dtypes))
+        with steps.step("merging the groups and writing the sessions", total=drops[KEPT]) as progress:
+            for table in merged_in_order(sorted(p for p in summary["path"] if p), batch_rows):
+                tracks.add(table.column("track_id"))
+                artists.add(table.column("artist_id"))
+                sid, pos = numbering(table)
                 sums.add(sid, np.ones((len(sid), 1)))
-                stream.write(_as_dtypes(batch.loc[:, list(SESSION_COLUMNS)], dtypes))
-                progress.add(len(batch))
+                columns = {**{c: table.column(c) for c in SESSION_COLUMNS if c in table.column_names},
+                           "session_id": pa.array(sid), "pos": pa.array(pos.astype(np.int32))}
+                stream.write_table(pa.table({c: columns[c] for c in SESSION_COLUMNS}))
+                progress.add(table.num_rows)
             sums.finish()
             stream.close(pd.DataFrame(columns=list(SESSION_COLUMNS)))
-        with steps.step("counting users, tracks and artists"):
-            # the plays of each track also count the tracks (a play always has one): one pass fewer
-            track_counts = kept.select_columns(["track_id"]).groupby("track_id").count().to_pandas().iloc[:, -1]
-            event_stats = {
-                "users": float(nunique(kept, "user_id")),
-                "tracks": float(len(track_counts)),
-                "artists": float(nunique(kept, "artist_id")),
-                "events": float(drops[KEPT]),
-            }
+    finally:
+        shutil.rmtree(group_dir, ignore_errors=True)
+    if stream.rows_written != drops[KEPT]:
+        raise RuntimeError(f"the Ray engine wrote {stream.rows_written:,} of {drops[KEPT]:,} kept plays")
+    track_counts = tracks.result().column("count").to_numpy()
+    event_stats = {
+        "users": float(summary["users"].sum()),         # each user's plays are in one group
+        "tracks": float(len(track_counts)),
+        "artists": float(artists.result().num_rows),
+        "events": float(drops[KEPT]),
+    }
     stats = SessionizeStats(
         events_in=n_in,
-        exact_duplicates_dropped=drops.get(DROP_DUPLICATE, 0),
-        short_sessions_dropped_events=drops.get(DROP_SHORT, 0),
-        repeats_collapsed=drops.get(DROP_COLLAPSED, 0),
+        exact_duplicates_dropped=drops[DROP_DUPLICATE],
+        short_sessions_dropped_events=drops[DROP_SHORT],
+        repeats_collapsed=drops[DROP_COLLAPSED],
         sessions=numbering.sessions,
         events_out=drops[KEPT],
     )
-    return PreprocessOutcome(stats, event_stats, lengths, track_counts.to_numpy(), stream.head)
+    return PreprocessOutcome(stats, event_stats, lengths, track_counts, stream.head)
 
 
 def epoch_ns(times: pd.Series) -> np.ndarray:
@@ -634,12 +761,12 @@ class _SplitTally:
     lengths: Histogram = field(default_factory=Histogram)
     head: pd.DataFrame | None = None
 
-    def add(self, frame: pd.DataFrame, session: np.ndarray, sums: SessionSums,
+    def add(self, frame: pd.DataFrame | pa.Table, session: np.ndarray, sums: SessionSums,
             known: np.ndarray | None = None) -> None:
         """`known`: whether each play's track has an index (looked up here when not given)."""
         if known is None:
-            known = self.vocab.encode(frame["track_id"].tolist()) != PAD
-        target = frame["is_target"].to_numpy(dtype=bool)
+            known = self.vocab.encode(list(frame["track_id"])) != PAD
+        target = np.asarray(frame["is_target"], dtype=bool)
         self.n.update(events=len(frame), targets=int(target.sum()), unknown=int((~known).sum()),
                       target_unknown=int((target & ~known).sum()))
         sums.add(session, np.stack([np.ones(len(frame)), known], axis=1))
@@ -707,9 +834,10 @@ def _as_time(ns: int, dtype) -> pd.Timestamp:
 # session starts (the cut-offs; the order is checked on the way), the vocabulary's counts per
 # block (combined in the driver), and the splits themselves.
 
-# rows of the sessions file a block has (a row group, or less: tests make it small so that sessions
-# cross blocks), before its end moves on to the end of the session it cuts
-SESSION_BLOCK_ROWS = ROW_GROUP_ROWS
+# rows of the sessions file a block has (a quarter of a row group: the driver holds a few blocks and
+# the splits' row groups in under 1 GB; tests make it small so that sessions cross blocks), before
+# its end moves on to the end of the session it cuts
+SESSION_BLOCK_ROWS = ROW_GROUP_ROWS // 4
 VOCAB_COLUMNS = ["track_id", "artist_id", "genre"]
 
 
@@ -873,7 +1001,8 @@ def _temporal_in_file_order(sessions_path: Path, out_dir: Path, starts: _Session
     tallies = {name: _SplitTally(vocab, max_seq_len) for name in SPLIT_NAMES}
     sums = {name: SessionSums(tally.session_done) for name, tally in tallies.items()}
     streams = {name: ParquetStream(out_dir / f"{name}.parquet",
-                                   _has_values(rows_where(rows_where(marked, "_part", part), "_why", KEEP)))
+                                   _has_values(rows_where(rows_where(marked, "_part", part), "_why", KEEP)),
+                                   frame_of=lambda table: _as_dtypes(table.to_pandas(), dtypes))
                for part, name in enumerate(SPLIT_NAMES)}
     whys = np.zeros(PLACEHOLDER + 1, np.int64)
     files = ", ".join(f"{name}.parquet" for name in SPLIT_NAMES)
@@ -885,10 +1014,10 @@ def _temporal_in_file_order(sessions_path: Path, out_dir: Path, starts: _Session
             for p, name in enumerate(SPLIT_NAMES):
                 rows = batch.filter(pa.array((why == KEEP) & (part == p)))
                 if rows.num_rows:
-                    frame = _as_dtypes(rows.select(columns).to_pandas(), dtypes)
-                    tallies[name].add(frame, frame["session_id"].to_numpy(), sums[name],
+                    split = rows.select(columns)
+                    tallies[name].add(split, rows["session_id"].to_numpy(), sums[name],
                                       known=rows["_known"].to_numpy())
-                    streams[name].write(frame)
+                    streams[name].write_table(split)
             progress.add(batch.num_rows)
         for name, tally in tallies.items():
             sums[name].finish()

@@ -29,16 +29,22 @@ def frame(n: int) -> pd.DataFrame:
     })
 
 
+@pytest.mark.parametrize("kind", ["frames", "tables"])
 @pytest.mark.parametrize("batch", [1, 7, 100, 1000])
-def test_a_file_streamed_in_batches_is_the_file_pandas_writes(tmp_path, batch):
+def test_a_file_streamed_in_batches_is_the_file_pandas_writes(tmp_path, batch, kind):
     rows = 2_500
     df = frame(rows)
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "whole.parquet",
                    row_group_size=1_000, compression="snappy")
+    # Arrow batches in plain Arrow types (strings, no pandas metadata), typed as pandas by frame_of
+    plain = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(None)
     stream = ParquetStream(tmp_path / "stream.parquet", lambda cols: {c: df[c].notna().any() for c in cols},
-                           row_group_rows=1_000)
+                           row_group_rows=1_000, frame_of=lambda t: t.to_pandas().astype({"user_id": "string"}))
     for start in range(0, rows, batch):
-        stream.write(df.iloc[start:start + batch].reset_index(drop=True))
+        if kind == "frames":
+            stream.write(df.iloc[start:start + batch].reset_index(drop=True))
+        else:
+            stream.write_table(plain.slice(start, batch))
     stream.close(df.head(0))
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(tmp_path / "stream.parquet") == digest(tmp_path / "whole.parquet")
