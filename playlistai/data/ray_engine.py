@@ -556,29 +556,47 @@ def merged_in_order(paths: list[str], batch_rows: int) -> Iterator[pa.Table]:
         yield in_order(rest)
 
 
-class ValueCounts:
-    """Rows per distinct non-null value of a column that comes in tables, counted in Arrow and
-    combined as the counts grow (never the column itself)."""
+class Tallies:
+    """Tables that come in order, combined in the driver by `combine` (an Arrow group-by): tables
+    wait until they have as many rows as the tally so far (and a row group), so each row is combined
+    a few times at most and the driver holds a few tallies' worth, in Arrow (not Python objects)."""
 
-    def __init__(self) -> None:
-        self._tables: list[pa.Table] = []
+    def __init__(self, combine: Callable[[pa.Table], pa.Table]):
+        self.combine = combine
+        self._tables: list[pa.Table] = []          # the tally so far (once there is one), then the waiting
         self._tally_rows = 0
         self._waiting_rows = 0
 
-    def add(self, values: pa.ChunkedArray) -> None:
-        counts = pc.value_counts(pc.drop_null(values))
-        self._tables.append(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
-        self._waiting_rows += len(counts)
+    def add(self, table: pa.Table) -> None:
+        self._tables.append(table)
+        self._waiting_rows += table.num_rows
         if self._waiting_rows >= max(ROW_GROUP_ROWS, self._tally_rows):
             tally = self.result()
             self._tables, self._tally_rows, self._waiting_rows = [tally], tally.num_rows, 0
 
     def result(self) -> pa.Table:
-        """(value, count) per distinct value."""
+        return self.combine(pa.concat_tables(self._tables))
+
+
+def _sum_counts(table: pa.Table) -> pa.Table:
+    summed = table.group_by("value", use_threads=False).aggregate([("count", "sum")])
+    return pa.table({"value": summed["value"], "count": summed["count_sum"]})
+
+
+class ValueCounts(Tallies):
+    """Rows per distinct non-null value of a column that comes in tables: (value, count)."""
+
+    def __init__(self) -> None:
+        super().__init__(_sum_counts)
+
+    def add_values(self, values: pa.ChunkedArray) -> None:
+        counts = pc.value_counts(pc.drop_null(values))
+        self.add(pa.table({"value": counts.field("values"), "count": counts.field("counts")}))
+
+    def result(self) -> pa.Table:
         if not self._tables:
             return pa.table({"value": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
-        table = pa.concat_tables(self._tables).group_by("value", use_threads=False).aggregate([("count", "sum")])
-        return pa.table({"value": table["value"], "count": table["count_sum"]})
+        return super().result()
 
 
 @dataclass
@@ -626,8 +644,8 @@ def preprocess(events_path: Path, sessions_path: Path, gap_min: float = 45.0, mi
                                frame_of=lambda table: _as_dtypes(table.to_pandas(), dtypes))
         with steps.step("merging the groups and writing the sessions", total=drops[KEPT]) as progress:
             for table in merged_in_order(sorted(p for p in summary["path"] if p), batch_rows):
-                tracks.add(table.column("track_id"))
-                artists.add(table.column("artist_id"))
+                tracks.add_values(table.column("track_id"))
+                artists.add_values(table.column("artist_id"))
                 sid, pos = numbering(table)
                 sums.add(sid, np.ones((len(sid), 1)))
                 columns = {**{c: table.column(c) for c in SESSION_COLUMNS if c in table.column_names},
@@ -921,28 +939,6 @@ def _tally_tracks(plays: pa.Table, keys: list[str]) -> pa.Table:
                      "genre": table["genre_first"], "count": table["count_sum"]})
 
 
-class _TrackTallies:
-    """`_tally_tracks` of tables that come in order, combined in the driver: tables wait until they
-    have as many rows as the tally so far (and a row group), so each track's row is combined a few
-    times at most and the driver holds a few tallies' worth, in Arrow (not Python objects)."""
-
-    def __init__(self, keys: list[str]):
-        self.keys = keys
-        self._tables: list[pa.Table] = []          # the tally so far (once there is one), then the waiting
-        self._tally_rows = 0
-        self._waiting_rows = 0
-
-    def add(self, table: pa.Table) -> None:
-        self._tables.append(table)
-        self._waiting_rows += table.num_rows
-        if self._waiting_rows >= max(ROW_GROUP_ROWS, self._tally_rows):
-            tally = self.result()
-            self._tables, self._tally_rows, self._waiting_rows = [tally], tally.num_rows, 0
-
-    def result(self) -> pa.Table:
-        return _tally_tracks(pa.concat_tables(self._tables), self.keys)
-
-
 def _block_tracks(ranges: pd.DataFrame, t_val: int, t_test: int, parts: tuple[int, ...]) -> pa.Table:
     """`_tally_tracks` of the plays of a block of whole sessions that the vocabulary counts (kept, in
     one of `parts`), per split and track."""
@@ -983,7 +979,7 @@ def _temporal_in_file_order(sessions_path: Path, out_dir: Path, starts: _Session
     tracks_of_blocks = blocks.map_batches(_block_tracks, fn_kwargs={**cutoffs, "parts": parts}, batch_size=1,
                                           batch_format="pandas")
     with steps.step(f"the vocabulary: tracks played {vocab_min_freq}+ times in {vocab_scope}"):
-        track_tallies = _TrackTallies(["_part", "track_id"])
+        track_tallies = Tallies(lambda table: _tally_tracks(table, ["_part", "track_id"]))
         for table in tracks_of_blocks.iter_batches(batch_size=None, batch_format="pyarrow"):
             track_tallies.add(table)
         by_part = track_tallies.result()

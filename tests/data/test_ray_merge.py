@@ -68,7 +68,7 @@ def test_value_counts_are_pandas_counts_without_nulls_across_many_combines(monke
     values = pd.Series([None if v == 0 else f"a{v}" for v in rng.zipf(1.5, 5_000) % 300], dtype=object)
     counts = ValueCounts()
     for start in range(0, len(values), 137):
-        counts.add(pa.chunked_array([pa.array(values.iloc[start:start + 137].tolist(), pa.string())]))
+        counts.add_values(pa.chunked_array([pa.array(values.iloc[start:start + 137].tolist(), pa.string())]))
     got = counts.result().to_pandas().set_index("value")["count"].sort_index()
     expected = values.value_counts().sort_index()
     assert got.to_dict() == expected.to_dict()
